@@ -1,0 +1,75 @@
+"""Records and the protocol every policy backend speaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+from sharpen.tasks.base import Prompt
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample completions."""
+
+    n: int = 1
+    """Completions per prompt (a group)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 keeps every token."""
+    max_new_tokens: int = 32
+    """Upper bound on generated tokens per completion."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion; the stop string is not part of the returned text."""
+    seed: Optional[int] = None
+    """Seed for this call; None draws from the backend's own generator."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled answer."""
+
+    text: str
+    """Decoded text, without the prompt, the end-of-sequence token or a stop string."""
+    token_ids: tuple[int, ...]
+    """Generated token ids, including a final end-of-sequence token if one was sampled."""
+    logprobs: tuple[float, ...]
+    """log π(token | context) of each generated token under the model (temperature 1)."""
+    finish_reason: str
+    """"stop" (end-of-sequence or a stop string) or "length" (max_new_tokens reached)."""
+
+
+@dataclass
+class TokenScores:
+    """Per-token scores of given completions under a model; tensors are (B, T)."""
+
+    logprobs: "torch.Tensor"
+    """log π(y_t | x, y_<t), 0 on padding."""
+    mask: "torch.Tensor"
+    """1.0 on real completion tokens, 0.0 on padding."""
+    entropy: Optional["torch.Tensor"] = None
+    """Entropy of the model's distribution at each position (only if asked)."""
+    self_certainty: Optional["torch.Tensor"] = None
+    """KL(Uniform ‖ p_t) at each position (only if asked)."""
+
+
+class Policy(Protocol):
+    """Anything that samples completions for prompts."""
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """Return, for each prompt, `params.n` completions (a group)."""
+        ...

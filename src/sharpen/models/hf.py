@@ -1,0 +1,269 @@
+"""A Hugging Face transformers policy: batched sampling and token log-probs, CPU or GPU.
+
+Sampling is a plain cached loop (prefill once, then one token per step with the KV cache),
+which on small CPU models is faster than `model.generate` because it does less per step.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sharpen.models.base import Completion, SamplingParams, TokenScores
+from sharpen.models.formats import as_messages
+from sharpen.tasks.base import Prompt
+
+
+def pick_device(device: Optional[str] = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set logits outside the smallest set of tokens with mass >= top_p to -inf (nucleus
+    sampling, "The Curious Case of Neural Text Degeneration")."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = sorted_logits.softmax(dim=-1)  # (B, V)
+    mass_before = probs.cumsum(dim=-1) - probs  # (B, V) mass of strictly better tokens
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+class HFPolicy:
+    """A causal language model and its tokenizer, as a sharpen policy."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_batch_rows: int = 512,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_rows = max_batch_rows
+        """Sequences sampled together at most; larger requests are split."""
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: Optional[str] = None,
+        dtype: Optional[torch.dtype] = None,
+        **kwargs,
+    ) -> "HFPolicy":
+        """Load any local HF checkpoint directory (or a hub name where a hub is reachable)."""
+        target = pick_device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(target)
+        model.eval()
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            found.add(self.tokenizer.eos_token_id)
+        return found
+
+    # ---- prompts -------------------------------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        """The prompt as the model sees it: through the chat template when the tokenizer
+        has one (ending with the assistant's turn opener), else the plain text."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                as_messages(prompt), add_generation_prompt=True, tokenize=False
+            )
+        if isinstance(prompt, str):
+            return prompt
+        return "\n".join(m["content"] for m in prompt)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of the rendered prompt (the template carries its own special tokens)."""
+        text = self.render(prompt)
+        add_special = not self.tokenizer.chat_template
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    # ---- sampling ------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt, `params.n` sampled completions."""
+        prompt_ids = [self.encode(p) for p in prompts]
+        rows = [ids for ids in prompt_ids for _ in range(params.n)]  # prompt i at rows i*n..i*n+n-1
+        generator = self.generator
+        if params.seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        flat: list[Completion] = []
+        for start in range(0, len(rows), self.max_batch_rows):
+            flat.extend(self.sample_ids(rows[start : start + self.max_batch_rows], params, generator))
+        return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def sample_ids(
+        self, prompt_ids: list[list[int]], params: SamplingParams, generator: torch.Generator
+    ) -> list[Completion]:
+        """Sample one completion for each row of prompt token ids (left-padded batch)."""
+        device = self.device
+        pad = self.tokenizer.pad_token_id
+        B = len(prompt_ids)
+        L = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((B, L), pad, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, L - len(ids) :] = torch.tensor(ids)
+            mask[row, L - len(ids) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        eos = torch.tensor(sorted(self.eos_ids), device=device)
+
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # (B, V)
+        next_pos = positions[:, -1] + 1  # (B,)
+        tokens = torch.zeros((B, params.max_new_tokens), dtype=torch.long)
+        logprobs = torch.zeros((B, params.max_new_tokens))
+        lengths = torch.full((B,), params.max_new_tokens, dtype=torch.long)
+        finish = ["length"] * B
+        done = torch.zeros(B, dtype=torch.bool)
+        stop_window = max((len(s) for s in params.stop), default=0)
+
+        for t in range(params.max_new_tokens):
+            logp = logits.log_softmax(-1)  # (B, V) model distribution at temperature 1
+            if params.temperature == 0:
+                token = logits.argmax(-1)  # (B,)
+            else:
+                scaled = top_p_filter(logits / params.temperature, params.top_p)
+                probs = scaled.softmax(-1).cpu()  # sample on CPU so seeds reproduce across devices
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(device)  # (B,)
+            tokens[:, t] = token.cpu()
+            logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1).cpu()
+            newly = (~done) & torch.isin(token, eos).cpu()
+            if stop_window:
+                for row in torch.nonzero(~done & ~newly).flatten().tolist():
+                    tail = self.tokenizer.decode(tokens[row, max(0, t + 1 - stop_window) : t + 1].tolist())
+                    if any(s in tail for s in params.stop):
+                        newly[row] = True
+            for row in torch.nonzero(newly).flatten().tolist():
+                lengths[row], finish[row] = t + 1, "stop"
+            done |= newly
+            if bool(done.all()) or t == params.max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+            out = self.model(
+                input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                past_key_values=cache, use_cache=True,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+
+        completions = []
+        for row in range(B):
+            ids = tokens[row, : lengths[row]].tolist()
+            completions.append(
+                Completion(
+                    text=self.completion_text(ids, params.stop),
+                    token_ids=tuple(ids),
+                    logprobs=tuple(logprobs[row, : lengths[row]].tolist()),
+                    finish_reason=finish[row],
+                )
+            )
+        return completions
+
+    def completion_text(self, token_ids: Sequence[int], stop: Sequence[str]) -> str:
+        """Decoded text, cut before the first stop string."""
+        text = self.decode(token_ids)
+        cuts = [text.find(s) for s in stop if s in text]
+        return text[: min(cuts)] if cuts else text
+
+    # ---- scoring -------------------------------------------------------------------------
+
+    def score_tokens(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+        *,
+        temperature: float = 1.0,
+        extras: bool = False,
+    ) -> TokenScores:
+        """log π(y_t | x, y_<t) of given completions, differentiable (wrap in no_grad to score).
+
+        All tensors are (B, T) with T the longest completion; with `extras`, also each
+        position's entropy and self-certainty (computed from the full distribution).
+        """
+        device = self.device
+        B = len(prompt_ids)
+        T = max((len(c) for c in completion_ids), default=0)
+        seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+        S = max(len(s) for s in seqs)
+        input_ids = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((B, S), dtype=torch.long)
+        where = torch.zeros((B, T), dtype=torch.long)  # position whose logits predict token t
+        targets = torch.zeros((B, T), dtype=torch.long)
+        mask = torch.zeros((B, T))
+        for row, (p, c, s) in enumerate(zip(prompt_ids, completion_ids, seqs)):
+            input_ids[row, : len(s)] = torch.tensor(s)
+            attn[row, : len(s)] = 1
+            where[row, : len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c))
+            targets[row, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+            mask[row, : len(c)] = 1
+        input_ids, attn = input_ids.to(device), attn.to(device)
+        where, targets, mask = where.to(device), targets.to(device), mask.to(device)
+        logits = self.model(input_ids=input_ids, attention_mask=attn).logits  # (B, S, V)
+        V = logits.shape[-1]
+        picked = logits.gather(1, where[..., None].expand(B, T, V)).float() / temperature  # (B, T, V)
+        logp_all = picked.log_softmax(-1)  # (B, T, V)
+        logp = logp_all.gather(-1, targets[..., None]).squeeze(-1) * mask  # (B, T)
+        if not extras:
+            return TokenScores(logp, mask)
+        entropy = -(logp_all.exp() * logp_all).sum(-1) * mask  # (B, T)
+        # self-certainty: KL(U || p_t) = -log V - (1/V) Σ_j log p_t(j)  (Kang et al., 2025)
+        certainty = (-math.log(V) - logp_all.mean(-1)) * mask  # (B, T)
+        return TokenScores(logp, mask, entropy, certainty)
+
+    @torch.no_grad()
+    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> torch.Tensor:
+        """log p(first token of each choice | prompt), shape (len(prompts), len(choices)).
+
+        Used to read a judge's answer: choices=("yes", "no") gives the model's odds of each.
+        """
+        first = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+        rows = [self.encode(p) for p in prompts]
+        out = []
+        for start in range(0, len(rows), self.max_batch_rows):
+            chunk = rows[start : start + self.max_batch_rows]
+            L = max(len(r) for r in chunk)
+            ids = torch.full((len(chunk), L), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), L), dtype=torch.long)
+            for i, r in enumerate(chunk):
+                ids[i, L - len(r) :] = torch.tensor(r)
+                mask[i, L - len(r) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+            ).logits[:, -1, :].float()  # (b, V)
+            out.append(logits.log_softmax(-1)[:, first].cpu())  # (b, C)
+        return torch.cat(out)

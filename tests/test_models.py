@@ -1,0 +1,153 @@
+"""The transformers policy and the embedded default model's format."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sharpen.models import SamplingParams
+from sharpen.models.embedded import ConversationEncoder, build_tokenizer, corrupt, ensure_default_model, model_dir
+from sharpen.models.formats import WRONG_FEEDBACK, judge_messages, retry_messages
+from sharpen.models.hf import top_p_filter
+
+PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [WRONG_FEEDBACK])]
+
+
+def test_default_model_loads_through_auto_classes(tiny_model_dir, tiny_cache):
+    assert tiny_model_dir.parent.parent == tiny_cache  # <cache>/models/default-<recipe key>
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.model_type == "llama"
+    assert tokenizer.chat_template
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "1+2="}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert text == "<|user|>1+2=<|assistant|>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<|user|>", "1", "+", "2", "=", "<|assistant|>"]
+    assert model(input_ids=torch.tensor([ids])).logits.shape == (1, len(ids), len(tokenizer))
+
+
+def test_build_is_deterministic_and_cached(tiny_model_dir, tiny_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARPEN_CACHE", str(tmp_path))
+    again = ensure_default_model(tiny_recipe, progress=False)
+    assert again == model_dir(tiny_recipe) != tiny_model_dir
+    first = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    second = AutoModelForCausalLM.from_pretrained(again).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    stamp = (again / "config.json").stat().st_mtime_ns
+    assert ensure_default_model(tiny_recipe, progress=False) == again
+    assert (again / "config.json").stat().st_mtime_ns == stamp  # second call reuses the cache
+
+
+def test_conversation_encoder_matches_chat_template():
+    tokenizer = build_tokenizer()
+    encode = ConversationEncoder(tokenizer)
+    messages = retry_messages("37+58=", ["96"], [WRONG_FEEDBACK]) + [{"role": "assistant", "content": "95"}]
+    ids, mask = encode(messages)
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    learned = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert learned == "96<|end|>95<|end|>"  # both assistant turns and their end tokens
+
+
+def test_judge_and_retry_formats():
+    assert judge_messages("3+4=", "7") == [{"role": "user", "content": "3+4=7 right?"}]
+    assert [m["role"] for m in PROMPTS[2]] == ["user", "assistant", "user"]
+    with pytest.raises(ValueError, match="2 attempts but 1"):
+        retry_messages("1+1=", ["3", "4"], ["wrong"])
+
+
+def test_corrupt_changes_exactly_one_digit():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        out = corrupt("7+8=15|95", rng)
+        assert sum(a != b for a, b in zip(out, "7+8=15|95")) == 1 and out != "7+8=15|95"
+    assert corrupt("abc", rng) == "abc"
+
+
+def test_generation_logprobs_equal_a_separate_forward_pass(tiny_policy):
+    groups = tiny_policy.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=6, seed=1))
+    assert [len(g) for g in groups] == [3, 3, 3]
+    flat = [(tiny_policy.encode(p), c) for p, g in zip(PROMPTS, groups) for c in g]
+    with torch.no_grad():
+        scores = tiny_policy.score_tokens([f[0] for f in flat], [f[1].token_ids for f in flat])
+    for row, (_, c) in enumerate(flat):
+        n = len(c.token_ids)
+        assert n == len(c.logprobs) >= 1
+        assert scores.mask[row].sum().item() == n
+        torch.testing.assert_close(scores.logprobs[row, :n], torch.tensor(c.logprobs), atol=1e-5, rtol=0)
+        # and against a plain unbatched forward pass with no cache and no padding
+        full = torch.tensor([f for f in flat[row][0]] + list(c.token_ids))
+        with torch.no_grad():
+            logp = tiny_policy.model(input_ids=full[None]).logits[0].log_softmax(-1)
+        start = len(flat[row][0])
+        plain = logp[start - 1 : start - 1 + n].gather(-1, full[start:, None]).squeeze(-1)
+        torch.testing.assert_close(plain, torch.tensor(c.logprobs), atol=1e-5, rtol=0)
+
+
+def test_sampling_is_reproducible_for_a_seed(tiny_policy):
+    params = SamplingParams(n=4, max_new_tokens=5, seed=7)
+    assert tiny_policy.generate(PROMPTS, params) == tiny_policy.generate(PROMPTS, params)
+    other = tiny_policy.generate(PROMPTS, SamplingParams(n=4, max_new_tokens=5, seed=8))
+    assert other != tiny_policy.generate(PROMPTS, params)
+
+
+def test_finish_reasons_and_stop_strings(tiny_policy):
+    eos = tiny_policy.tokenizer.eos_token_id
+    groups = tiny_policy.generate(PROMPTS, SamplingParams(n=8, max_new_tokens=4, seed=3))
+    for c in (c for g in groups for c in g):
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 4 and eos not in c.token_ids
+        else:
+            assert c.token_ids[-1] == eos and c.finish_reason == "stop"
+    # greedy decoding, then stop on a string the greedy text contains
+    greedy = tiny_policy.generate(["37+58="], SamplingParams(max_new_tokens=6, temperature=0))[0][0]
+    text = tiny_policy.decode(greedy.token_ids)
+    stop = text[2:4] if len(text) >= 4 else None
+    if stop:
+        cut = tiny_policy.generate(["37+58="], SamplingParams(max_new_tokens=6, temperature=0, stop=(stop,)))[0][0]
+        assert cut.finish_reason == "stop"
+        assert cut.text == text[: text.find(stop)]
+        assert stop in tiny_policy.decode(cut.token_ids) and len(cut.token_ids) <= len(greedy.token_ids)
+
+
+def test_top_p_filter_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = top_p_filter(logits, 0.8).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
+    assert top_p_filter(logits, 0.81).isfinite().tolist() == [[True, True, True, False]]
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_choice_logprobs_and_self_certainty_match_a_forward_pass(tiny_policy):
+    prompts = [judge_messages("3+4=", "7"), judge_messages("10+20=", "31")]
+    got = tiny_policy.choice_logprobs(prompts, ("yes", "no"))
+    tok = tiny_policy.tokenizer
+    y, n = tok.convert_tokens_to_ids("y"), tok.convert_tokens_to_ids("n")
+    for row, p in enumerate(prompts):
+        ids = torch.tensor([tiny_policy.encode(p)])
+        with torch.no_grad():
+            logp = tiny_policy.model(input_ids=ids).logits[0, -1].log_softmax(-1)
+        torch.testing.assert_close(got[row], logp[[y, n]], atol=1e-5, rtol=0)
+    completion = tiny_policy.generate(["3+4="], SamplingParams(max_new_tokens=3, seed=0))[0][0]
+    with torch.no_grad():
+        s = tiny_policy.score_tokens([tiny_policy.encode("3+4=")], [completion.token_ids], extras=True)
+        full = torch.tensor([tiny_policy.encode("3+4=") + list(completion.token_ids)])
+        logp = tiny_policy.model(input_ids=full).logits[0].log_softmax(-1)
+    start, V = len(tiny_policy.encode("3+4=")), logp.shape[-1]
+    for t in range(len(completion.token_ids)):
+        row = logp[start - 1 + t]
+        assert s.self_certainty[0, t].item() == pytest.approx(-math.log(V) - row.mean().item(), abs=1e-4)
+        assert s.entropy[0, t].item() == pytest.approx(-(row.exp() * row).sum().item(), abs=1e-4)
+
+
+def test_sampling_params_validate():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="n must be"):
+        SamplingParams(n=0)
