@@ -1,0 +1,53 @@
+"""Signals: everything that scores a completion, and the reward that weighs them.
+
+    from sharpen.signals import Reward, build_signal
+
+    reward = Reward.from_specs([("correctness", 1.0), ("majority_vote", 0.0)], task=task)
+    result = reward(problems, groups)          # result.total: P × G floats
+
+A signal maps (problems, groups) to P × G scores, float or None ("does not apply").
+Built-in signals are registered by name in `SIGNALS`; user functions with TRL's reward
+signature load from "module:function" or "path/to/file.py:function".
+"""
+
+from sharpen.signals.base import (
+    RewardFunctionError,
+    Score,
+    Scores,
+    ScoringPolicy,
+    Signal,
+    SignalOptionError,
+    UnknownSignalError,
+)
+from sharpen.signals.confidence import Likelihood, SelfCertainty
+from sharpen.signals.judge import SelfJudge
+from sharpen.signals.majority import MajorityVote, majority_answer
+from sharpen.signals.registry import SIGNALS, build_signal
+from sharpen.signals.reward import Component, Reward, RewardResult, RewardSpec
+from sharpen.signals.user import UserFunction, load_reward_function
+from sharpen.signals.verifier import Correctness, Format
+
+__all__ = [
+    "SIGNALS",
+    "Component",
+    "Correctness",
+    "Format",
+    "Likelihood",
+    "MajorityVote",
+    "Reward",
+    "RewardFunctionError",
+    "RewardResult",
+    "RewardSpec",
+    "Score",
+    "Scores",
+    "ScoringPolicy",
+    "SelfCertainty",
+    "SelfJudge",
+    "Signal",
+    "SignalOptionError",
+    "UnknownSignalError",
+    "UserFunction",
+    "build_signal",
+    "load_reward_function",
+    "majority_answer",
+]

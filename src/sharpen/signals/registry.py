@@ -1,0 +1,88 @@
+"""Signals by name: the registry and `build_signal`.
+
+    signal = build_signal("majority_vote", task=task)
+    signal = build_signal("likelihood", task=task, policy=policy, source="policy")
+    signal = build_signal("my_rewards.py:length_penalty", task=task, target=20)
+
+A factory takes the task, the policy (None when there is none) and the signal's options as
+keyword arguments. A new signal is one factory and one entry in SIGNALS.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+from sharpen.models.formats import JUDGE_NO, JUDGE_YES
+from sharpen.signals.base import ScoringPolicy, Signal, SignalOptionError, UnknownSignalError, require_policy
+from sharpen.signals.confidence import Likelihood, SelfCertainty
+from sharpen.signals.judge import SelfJudge
+from sharpen.signals.majority import MajorityVote
+from sharpen.signals.user import UserFunction, is_function_spec, load_reward_function
+from sharpen.signals.verifier import Correctness, Format
+from sharpen.tasks.base import Task
+
+SignalFactory = Callable[..., Signal]
+"""factory(task, policy, **options) -> Signal"""
+
+
+def correctness(task: Task, policy: Optional[ScoringPolicy]) -> Signal:
+    return Correctness(task)
+
+
+def format_(task: Task, policy: Optional[ScoringPolicy], pattern: Optional[str] = None) -> Signal:
+    return Format(task, pattern=pattern)
+
+
+def majority_vote(task: Task, policy: Optional[ScoringPolicy]) -> Signal:
+    return MajorityVote(task)
+
+
+def self_certainty(task: Task, policy: Optional[ScoringPolicy], batch_size: int = 64) -> Signal:
+    return SelfCertainty(require_policy("self_certainty", policy), batch_size=batch_size)
+
+
+def likelihood(
+    task: Task, policy: Optional[ScoringPolicy], source: str = "completion", batch_size: int = 64
+) -> Signal:
+    return Likelihood(policy, source=source, batch_size=batch_size)
+
+
+def self_judge(task: Task, policy: Optional[ScoringPolicy], yes: str = JUDGE_YES, no: str = JUDGE_NO) -> Signal:
+    return SelfJudge(require_policy("self_judge", policy), yes=yes, no=no)
+
+
+SIGNALS: dict[str, SignalFactory] = {
+    "correctness": correctness,
+    "format": format_,
+    "majority_vote": majority_vote,
+    "self_certainty": self_certainty,
+    "likelihood": likelihood,
+    "self_judge": self_judge,
+}
+
+
+def signal_options(factory: SignalFactory) -> list[str]:
+    """The option names a factory accepts (everything after task and policy)."""
+    return list(inspect.signature(factory).parameters)[2:]
+
+
+def build_signal(name: str, *, task: Task, policy: Optional[ScoringPolicy] = None, **options: Any) -> Signal:
+    """The signal registered as `name`, or the user function `name` = "module:function" /
+    "path/to/file.py:function" (whose options become keyword arguments of every call)."""
+    if name in SIGNALS:
+        factory = SIGNALS[name]
+        known = signal_options(factory)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise SignalOptionError(
+                f"signal {name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options are: {', '.join(known) or '(none)'}"
+            )
+        return factory(task, policy, **options)
+    if is_function_spec(name):
+        return UserFunction(load_reward_function(name), name=name, options=dict(options))
+    raise UnknownSignalError(
+        f"unknown signal {name!r}; known signals: {', '.join(sorted(SIGNALS))}, "
+        "or a user function written 'module:function' or 'path/to/file.py:function'"
+    )

@@ -1,0 +1,185 @@
+"""The reward: a weighted sum of signals, where the weights live (not in the signals).
+
+    reward = Reward.from_specs(
+        [("correctness", 1.0), ("format", 0.1, {"pattern": r"\\d+"}), ("self_certainty", 0.0)],
+        task=task, policy=policy,
+    )
+    result = reward(problems, groups)
+    result.total        # P × G floats
+    result.summary()    # {"reward/mean": …, "rewards/correctness/mean": …, …}
+
+For completion j of problem i,
+
+    total_ij = Σ_k w_k · s_k,ij     over the components k with w_k ≠ 0 and s_k,ij not None
+
+A weight-0 component is computed and logged but never summed (a metric, as in verifiers);
+a None score ("does not apply") is left out of the sum and of the component's mean. If no
+weighted component applies to a completion, its total is the empty sum 0.0; the
+`rewards/<name>/frac_none` entries of the summary show how often that happens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from sharpen.models.base import Completion
+from sharpen.signals.base import Scores, ScoringPolicy, Signal, SignalOptionError
+from sharpen.signals.registry import build_signal
+from sharpen.tasks.base import Problem, Task
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One component of a reward, as a config writes it."""
+
+    name: str
+    """A registered signal name, or a user function "module:function" / "file.py:function"."""
+    weight: float = 1.0
+    """Its weight in the total; 0 logs the signal without summing it."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the signal (keyword arguments of its factory or of the user function)."""
+
+    @classmethod
+    def parse(cls, spec: "SpecLike") -> "RewardSpec":
+        """A RewardSpec from itself, a name, a (name, weight[, options]) tuple or a mapping
+        with keys name / weight / options."""
+        if isinstance(spec, RewardSpec):
+            return spec
+        if isinstance(spec, str):
+            return cls(spec)
+        if isinstance(spec, Mapping):
+            unknown = sorted(set(spec) - {"name", "weight", "options"})
+            if unknown or "name" not in spec:
+                raise SignalOptionError(
+                    f"reward component {dict(spec)!r}: needs key 'name' and may have 'weight' and 'options'"
+                    + (f"; unknown keys {unknown}" if unknown else "")
+                )
+            return cls(spec["name"], spec.get("weight", 1.0), dict(spec.get("options") or {}))
+        if isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 3 and isinstance(spec[0], str):
+            weight = spec[1] if len(spec) > 1 else 1.0
+            options = spec[2] if len(spec) > 2 else {}
+            return cls(spec[0], weight, dict(options))
+        raise SignalOptionError(
+            f"reward component {spec!r}: write it as a name, (name, weight), (name, weight, options) "
+            "or {'name': …, 'weight': …, 'options': {…}}"
+        )
+
+
+SpecLike = Union[RewardSpec, str, tuple, list, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Component:
+    """A built signal with its name and weight."""
+
+    name: str
+    signal: Signal
+    weight: float
+
+
+@dataclass
+class RewardResult:
+    """Rewards of P groups: the weighted totals and every component's scores."""
+
+    total: list[list[float]]
+    """P × G: Σ weight · score over components with weight ≠ 0 whose score is not None."""
+    components: dict[str, Scores]
+    """name → P × G scores (None where the signal does not apply), weight-0 ones included."""
+    weights: dict[str, float]
+    """name → weight."""
+
+    def summary(self) -> dict[str, float]:
+        """Metrics to log (TRL's names):
+
+        reward/mean, reward/std          over all totals (std: population, ddof = 0)
+        reward/frac_zero_std             fraction of groups whose totals are all equal
+                                         (no learning signal for group-relative advantages)
+        rewards/<name>/mean, …/std       over the component's non-None scores
+                                         (left out when every score is None)
+        rewards/<name>/frac_none         fraction of completions the component did not score
+        """
+        out: dict[str, float] = {}
+        out.update(_moments("reward", [v for row in self.total for v in row]))
+        groups = [row for row in self.total if row]
+        if groups:
+            flat = sum(_all_equal(row) for row in groups)
+            out["reward/frac_zero_std"] = flat / len(groups)
+        for name, scores in self.components.items():
+            values = [v for row in scores for v in row]
+            present = [v for v in values if v is not None]
+            out.update(_moments(f"rewards/{name}", present))
+            if values:
+                out[f"rewards/{name}/frac_none"] = 1.0 - len(present) / len(values)
+        return out
+
+
+def _moments(prefix: str, values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    return {f"{prefix}/mean": mean, f"{prefix}/std": math.sqrt(var)}
+
+
+def _all_equal(row: list[float]) -> bool:
+    return math.isclose(max(row), min(row), rel_tol=1e-9, abs_tol=1e-12)
+
+
+class Reward:
+    """A weighted sum of named signals."""
+
+    def __init__(self, components: Sequence[Component]) -> None:
+        names = [c.name for c in components]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise SignalOptionError(f"reward components {repeated} appear more than once; list each signal once")
+        for c in components:
+            if isinstance(c.weight, bool) or not isinstance(c.weight, (int, float)) or not math.isfinite(c.weight):
+                raise SignalOptionError(f"reward component {c.name!r}: weight must be a finite number, got {c.weight!r}")
+        self.components = list(components)
+
+    @classmethod
+    def from_specs(
+        cls, specs: Sequence[SpecLike], *, task: Task, policy: Optional[ScoringPolicy] = None
+    ) -> "Reward":
+        """Build every component's signal from its spec (see `RewardSpec.parse`)."""
+        parsed = [RewardSpec.parse(s) for s in specs]
+        if not parsed:
+            raise SignalOptionError("a reward needs at least one component, e.g. [('correctness', 1.0)]")
+        return cls(
+            [Component(s.name, build_signal(s.name, task=task, policy=policy, **s.options), s.weight) for s in parsed]
+        )
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {c.name: float(c.weight) for c in self.components}
+
+    def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> RewardResult:
+        scores = {c.name: _checked(c.name, c.signal(problems, groups), groups) for c in self.components}
+        total = [[0.0] * len(group) for group in groups]
+        for c in self.components:
+            if c.weight == 0:
+                continue  # a logged metric, never summed
+            for i, row in enumerate(scores[c.name]):
+                for j, value in enumerate(row):
+                    if value is not None:
+                        total[i][j] += c.weight * value
+        return RewardResult(total=total, components=scores, weights=self.weights)
+
+
+def _checked(name: str, scores: Scores, groups: Sequence[Sequence[Completion]]) -> Scores:
+    """`scores` if it is one float-or-None per completion, else a ValueError naming the signal."""
+    shape = [len(g) for g in groups]
+    got = [len(row) for row in scores] if isinstance(scores, list) else None
+    if got != shape:
+        raise ValueError(f"signal {name!r} returned scores of group sizes {got}, expected {shape}")
+    for i, row in enumerate(scores):
+        for j, value in enumerate(row):
+            if value is not None and (not isinstance(value, float) or math.isnan(value)):
+                raise ValueError(
+                    f"signal {name!r} returned {value!r} for completion {j} of group {i}; "
+                    "a score must be a float, or None where the signal does not apply"
+                )
+    return scores

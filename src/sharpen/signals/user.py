@@ -1,0 +1,154 @@
+"""User reward functions with TRL's signature, loaded from "module:function" or "file.py:function".
+
+    def reward(prompts, completions, **columns) -> list[float | None]: ...
+
+`prompts` and `completions` are flat lists with one entry per completion (a problem's prompt
+repeated across its group; completions as texts). The columns are
+
+    answer        the problem's reference answer (None for label-free problems)
+    problem_id    the problem's id
+    completion_ids  the completion's token ids
+    <key>         each key of the problems' metadata (None where a problem lacks it)
+
+plus the signal's options, passed unchanged on every call. Return one float, or None where
+the reward does not apply, per completion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import numbers
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from sharpen.models.base import Completion
+from sharpen.signals.base import RewardFunctionError, Score, Scores, check_groups, regroup
+from sharpen.tasks.base import Problem
+
+RewardFunction = Callable[..., Sequence[Any]]
+FIXED_COLUMNS = ("prompts", "completions", "answer", "problem_id", "completion_ids")
+
+
+def is_function_spec(spec: str) -> bool:
+    """Whether `spec` names a function ("module:function" or "path/file.py:function")."""
+    return ":" in spec
+
+
+def load_reward_function(spec: str) -> RewardFunction:
+    """The function named by "package.module:function" or "path/to/file.py:function"."""
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr:
+        raise RewardFunctionError(f"reward function {spec!r}: write it as 'module:function' or 'file.py:function'")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise RewardFunctionError(f"reward function {spec!r}: file {str(path)!r} does not exist")
+        module_name = f"sharpen_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module  # so pickling and dataclasses in the file work
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[module_name]
+            raise
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as error:
+            raise RewardFunctionError(
+                f"reward function {spec!r}: cannot import module {where!r} ({error}); "
+                "install it, or point at a file with 'path/to/file.py:function'"
+            ) from error
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise RewardFunctionError(f"reward function {spec!r}: {where!r} has no function {attr!r}")
+    return function
+
+
+@dataclass
+class UserFunction:
+    """A user reward function as a signal."""
+
+    function: RewardFunction
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments passed on every call."""
+
+    def __post_init__(self) -> None:
+        taken = sorted(set(self.options) & set(FIXED_COLUMNS))
+        if taken:
+            raise RewardFunctionError(f"reward function {self.name!r}: options {taken} clash with the columns it is given")
+
+    def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:
+        check_groups(self.name, problems, groups)
+        pairs = [(p, c) for p, group in zip(problems, groups) for c in group]
+        prompts = [p.prompt for p, _ in pairs]
+        texts = [c.text for _, c in pairs]
+        columns = self.columns(pairs)
+        try:
+            inspect.signature(self.function).bind(prompts, texts, **columns)
+        except TypeError as error:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} cannot take the columns {sorted(columns)} ({error}); "
+                "give it the signature f(prompts, completions, **kwargs)"
+            ) from error
+        except ValueError:  # builtins without a signature: just call them
+            pass
+        returned = self.function(prompts, texts, **columns)
+        return regroup(self.validate(returned, len(pairs)), groups)
+
+    def columns(self, pairs: list[tuple[Problem, Completion]]) -> dict[str, list[Any]]:
+        keys: dict[str, None] = {}
+        for p, _ in pairs:
+            keys.update(dict.fromkeys(p.metadata))
+        clash = sorted(set(keys) & (set(FIXED_COLUMNS) | set(self.options)))
+        if clash:
+            raise RewardFunctionError(
+                f"reward function {self.name!r}: problem metadata keys {clash} clash with the columns "
+                f"{list(FIXED_COLUMNS)} or the function's options; rename them in the task"
+            )
+        columns: dict[str, list[Any]] = {
+            "answer": [p.answer for p, _ in pairs],
+            "problem_id": [p.id for p, _ in pairs],
+            "completion_ids": [list(c.token_ids) for _, c in pairs],
+        }
+        for key in keys:
+            columns[key] = [p.metadata.get(key) for p, _ in pairs]
+        return {**columns, **self.options}
+
+    def validate(self, returned: Any, n: int) -> list[Score]:
+        """The returned rewards as floats-or-None, or a RewardFunctionError naming the function."""
+        listlike = isinstance(returned, Sequence) or hasattr(returned, "tolist")  # list, tuple, array, tensor
+        if isinstance(returned, (str, bytes)) or not listlike:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} must return a list of float-or-None, got {type(returned).__name__}"
+            )
+        values = returned.tolist() if hasattr(returned, "tolist") else list(returned)
+        if len(values) != n:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} returned {len(values)} rewards for {n} completions; "
+                "return one float (or None) per completion, in the order given"
+            )
+        out: list[Score] = []
+        for i, value in enumerate(values):
+            if value is None:
+                out.append(None)
+            elif isinstance(value, numbers.Real):
+                if math.isnan(float(value)):
+                    raise RewardFunctionError(
+                        f"reward function {self.name!r} returned NaN at index {i}; return None where a reward does not apply"
+                    )
+                out.append(float(value))
+            else:
+                raise RewardFunctionError(
+                    f"reward function {self.name!r} returned {type(value).__name__} {value!r} at index {i}; "
+                    "rewards must be floats or None"
+                )
+        return out
