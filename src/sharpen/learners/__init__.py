@@ -1,0 +1,1 @@
+"""Training-time self-improvement: learners that turn scored rollouts into weight updates."""
