@@ -1,0 +1,162 @@
+"""The `sharpen` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+from rich.console import Console
+
+console = Console()
+
+
+class CliError(Exception):
+    """A user mistake on the command line; printed without a stack trace."""
+
+
+def parse_options(pairs: Sequence[str], what: str) -> dict:
+    """["digits=3", "scratchpad=true"] → {"digits": 3, "scratchpad": True} (YAML values)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"{what} {pair!r} is not key=value")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise CliError(f"--k {text!r} must be comma-separated integers, e.g. 1,8") from None
+    if not ks or min(ks) < 1:
+        raise CliError(f"--k {text!r} must list integers >= 1")
+    return ks
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from sharpen.tasks import list_tasks
+
+    for name in list_tasks():
+        console.print(name)
+
+
+def cmd_model(args: argparse.Namespace) -> None:
+    from sharpen.models.embedded import build_info, ensure_default_model
+
+    path = ensure_default_model(rebuild=args.rebuild)
+    console.print(f"default model: {path}")
+    console.print(json.dumps(build_info(path), indent=2))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from sharpen.evaluation import evaluate
+    from sharpen.models import load_policy
+    from sharpen.tasks import get_task
+
+    task = get_task(args.task, **parse_options(args.task_option, "--task-option"))
+    ks = parse_ks(args.k)
+    samples = args.samples if args.samples is not None else max(ks)
+    policy = load_policy(args.model, seed=args.seed)
+    result = evaluate(
+        policy, task, n_problems=args.problems, samples=samples, ks=ks,
+        temperature=args.temperature, seed=args.seed, split=args.split,
+    )
+    console.print(result.table(f"{args.model} on {task.name} ({args.split} split)"))
+    if args.json:
+        report = {"model": args.model, "task": task.name, **result.to_json()}
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {args.json}")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from sharpen.loop import quickstart
+
+    quickstart(problems=args.problems, seed=args.seed)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from sharpen.loop import run
+
+    summary = run(args.config, args.overrides, resume=args.resume)
+    console.print(json.dumps({k: summary[k] for k in ("baseline", "final", "train_seconds", "report")}, indent=2))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sharpen.reports import compare_runs, write_report
+
+    if len(args.run_dirs) == 1:
+        console.print(f"report: {write_report(args.run_dirs[0])}")
+    else:
+        out = args.out or "comparison.html"
+        console.print(f"comparison: {compare_runs(args.run_dirs, out)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sharpen", description="Language models that improve themselves.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="build the default model, measure it, make it better, measure again")
+    p.add_argument("--problems", type=int, default=200, help="held-out problems per evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("run", help="run a training config (YAML): sample, score, learn, evaluate")
+    p.add_argument("config", help="YAML run config, e.g. examples/grpo.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. learner.lr=3e-4")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write the HTML report of a run, or compare several runs")
+    p.add_argument("run_dirs", nargs="+", help="run directories")
+    p.add_argument("--out", default=None, help="output HTML for a comparison of several runs")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("eval", help="measure a model on a task: pass@k, maj@k, accuracy with 95%% intervals")
+    p.add_argument("--model", default="default", help="'default' (the embedded model) or a local HF checkpoint path")
+    p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
+    p.add_argument("--problems", type=int, default=200, help="number of problems")
+    p.add_argument("--samples", type=int, default=None, help="completions per problem (default: the largest k)")
+    p.add_argument("--k", default="1,8", help="comma-separated k for pass@k and maj@k")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--split", default="eval", choices=["train", "eval"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("model", help="build (or show) the embedded default model")
+    p.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("tasks", help="list the registered tasks")
+    p.set_defaults(func=cmd_tasks)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sharpen.config import ConfigError
+    from sharpen.loop import RunStopped
+    from sharpen.signals import RewardFunctionError, SignalOptionError, UnknownSignalError
+    from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
+
+    try:
+        args.func(args)
+    except RunStopped as err:
+        console.print(f"[red]run stopped:[/red] {err}", highlight=False)
+        return 1
+    except (CliError, ConfigError, TaskDataError, TaskOptionError, UnknownTaskError,
+            UnknownSignalError, SignalOptionError, RewardFunctionError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The self-improvement loop: the one place that wires tasks, models, signals, learners,
+evaluation and the run store together.
+
+    step 0:       evaluate the base model on held-out problems
+    step 1..N:    problems → G completions each → rewards → learner update
+                  → every `eval.every` steps a held-out evaluation → run store → checkpoint
+    the end:      summary.json (baseline and final metrics, wall time) and report.html
+
+Every random choice is a function of (seed, step), and a checkpoint holds the weights and
+the optimizer, so a run killed at any moment and resumed reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from pydantic import Field
+
+from sharpen.config import ConfigModel, load_config
+from sharpen.evaluation import EvalResult, evaluate
+from sharpen.learners.policy_gradient import NonFiniteLossError, PolicyGradient, PolicyGradientConfig
+from sharpen.models import SamplingParams, load_policy
+from sharpen.rollouts import InProcessProducer, RolloutBatch
+from sharpen.runs import CompletionRecord, RunStore
+from sharpen.signals.reward import Reward
+from sharpen.tasks import Problem, Task, get_task
+
+KEEP_CHECKPOINTS = 2
+
+
+class TaskConfig(ConfigModel):
+    name: str = Field("addition", description="Registered task name, or 'path/to/file.py:factory'.")
+    options: dict[str, Any] = Field(default_factory=lambda: {"digits": 2}, description="Options of the task factory.")
+
+
+class SamplingConfig(ConfigModel):
+    group_size: int = Field(8, ge=1, description="Completions sampled per problem (G).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass of rollouts.")
+    max_new_tokens: Optional[int] = Field(None, description="Token budget per completion (default: the task's).")
+
+
+class RewardConfig(ConfigModel):
+    name: str = Field(..., description="Signal name (correctness, format, majority_vote, self_certainty, "
+                                       "likelihood, self_judge) or a user function 'module:function'.")
+    weight: float = Field(1.0, description="Weight in the total reward; 0 logs the signal without summing it.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of the signal.")
+
+
+class EvalConfig(ConfigModel):
+    every: int = Field(20, ge=1, description="Evaluate on held-out problems every this many steps (and at the end).")
+    problems: int = Field(200, ge=1, description="Held-out problems per evaluation.")
+    samples: int = Field(8, ge=1, description="Completions per held-out problem.")
+    ks: list[int] = Field(default_factory=lambda: [1, 8], description="k of pass@k and maj@k.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of evaluations.")
+
+
+class RunConfig(ConfigModel):
+    """A training run: `sharpen run CONFIG [key=value …] [--resume]`."""
+
+    model: str = Field("default", description="'default' (the embedded model) or a local HF checkpoint path.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="What the model practises on.")
+    seed: int = Field(0, description="Seed of problem order, sampling and evaluation.")
+    steps: int = Field(60, ge=1, description="Learner updates.")
+    problems_per_step: int = Field(16, ge=1, description="Problems sampled per step.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How rollouts are sampled.")
+    rewards: list[RewardConfig] = Field(
+        default_factory=lambda: [RewardConfig(name="correctness")], description="Reward components, summed by weight."
+    )
+    learner: PolicyGradientConfig = Field(default_factory=PolicyGradientConfig, description="The learner.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    checkpoint_every: int = Field(10, ge=1, description="Save a resumable checkpoint every this many steps.")
+    log_completions: int = Field(2, ge=0, description="Groups per step whose completions go to the run store.")
+    threads: Optional[int] = Field(None, description="torch CPU threads (default: torch's choice).")
+    device: Optional[str] = Field(None, description="'cpu', 'cuda', … (default: CUDA if present).")
+    run_dir: Optional[str] = Field(None, description="Where the run is written (default: runs/<config name>).")
+
+
+class RunStopped(RuntimeError):
+    """The run stopped early for a reason the user must see (e.g. a non-finite loss)."""
+
+
+def problem_batch(pool: list[Problem], seed: int, step: int, size: int) -> list[Problem]:
+    """The problems of a step: a function of (seed, step) only, so a resumed run sees the same."""
+    rng = random.Random(seed * 1_000_003 + step)
+    return rng.sample(pool, size) if size <= len(pool) else [rng.choice(pool) for _ in range(size)]
+
+
+def eval_metrics(result: EvalResult) -> dict[str, float]:
+    """An evaluation as flat run-store metrics: eval/<name>, eval/<name>/lo, eval/<name>/hi."""
+    out = {"eval/tokens_per_problem": result.tokens_per_problem}
+    for name, m in result.metrics.items():
+        out[f"eval/{name}"], out[f"eval/{name}/lo"], out[f"eval/{name}/hi"] = m.value, m.ci[0], m.ci[1]
+    return out
+
+
+def metrics_from_store(rows, step: int) -> dict[str, dict]:
+    """{"pass@1": {"value": v, "ci": [lo, hi]}, …} of the evaluation stored at `step`."""
+    at = {r.name: r.value for r in rows if r.step == step and r.name.startswith("eval/")}
+    out = {}
+    for name, value in at.items():
+        base = name[len("eval/"):]
+        if base.endswith(("/lo", "/hi")):
+            continue
+        lo, hi = at.get(f"{name}/lo"), at.get(f"{name}/hi")
+        out[base] = {"value": value, "ci": [lo, hi]} if lo is not None else {"value": value}
+    return out
+
+
+class Trainer:
+    """Holds one run's parts; `run()` drives it to the end (or resumes it)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.task: Task = get_task(cfg.task.name, **cfg.task.options)
+        self.policy = load_policy(cfg.model, device=cfg.device, seed=cfg.seed, progress=progress)
+        self.max_new_tokens = cfg.sampling.max_new_tokens or self.task.max_new_tokens
+        self.reward = Reward.from_specs(
+            [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy
+        )
+        self.producer = InProcessProducer(self.policy, self.reward)
+        self.learner = PolicyGradient(
+            self.policy, cfg.learner, total_steps=cfg.steps, max_new_tokens=self.max_new_tokens,
+            reward_weights={r.name: r.weight for r in cfg.rewards},
+        )
+        self.pool = self.task.problems("train", max(4096, cfg.problems_per_step), cfg.seed)
+        self.store = RunStore(self.run_dir)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Weights (HF format) and learner state, written atomically under checkpoints/."""
+        final = self.run_dir / "checkpoints" / f"step-{step:06d}"
+        staging = final.with_name(final.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        self.policy.model.save_pretrained(staging)
+        self.policy.tokenizer.save_pretrained(staging)
+        torch.save(self.learner.state_dict(), staging / "learner_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        return final
+
+    def prune_checkpoints(self) -> None:
+        """Keep the newest KEEP_CHECKPOINTS checkpoints that the store knows."""
+        known = sorted(self.store.checkpoints(), key=lambda c: c.step)
+        for old in known[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old.path, ignore_errors=True)
+
+    def restore(self) -> int:
+        """Load the last stored checkpoint; returns the first step still to run."""
+        known = [c for c in self.store.checkpoints() if Path(c.path).exists()]
+        if not known:
+            self.store.truncate_after(0)
+            return 1
+        last = max(known, key=lambda c: c.step)
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(last.path, dtype=self.policy.model.dtype).state_dict()
+        self.policy.model.load_state_dict(weights)
+        self.learner.load_state_dict(torch.load(Path(last.path) / "learner_state.pt", weights_only=False))
+        self.store.truncate_after(last.step)
+        return last.step + 1
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def evaluate(self) -> EvalResult:
+        e = self.cfg.eval
+        return evaluate(
+            self.policy, self.task, n_problems=e.problems, samples=e.samples, ks=e.ks,
+            temperature=e.temperature, seed=self.cfg.seed, progress=False,
+        )
+
+    def step_records(self, batch: RolloutBatch) -> list[CompletionRecord]:
+        records = []
+        for r in batch.rollouts[: self.cfg.log_completions]:
+            for c, reward in zip(r.completions, r.rewards):
+                records.append(CompletionRecord(
+                    problem_id=r.problem.id, prompt=str(r.problem.prompt), completion=c.text, reward=reward,
+                    extras={"finish_reason": c.finish_reason, "tokens": len(c.token_ids)},
+                ))
+        return records
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        problems = problem_batch(self.pool, cfg.seed, step, cfg.problems_per_step)
+        params = SamplingParams(
+            n=cfg.sampling.group_size, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+            max_new_tokens=self.max_new_tokens, stop=self.task.stop, seed=cfg.seed * 1_000_003 + step,
+        )
+        batch = self.producer.produce(problems, params)
+        diag = self.learner.update(batch.rollouts)
+        n = sum(len(r.completions) for r in batch.rollouts)
+        metrics = {
+            **batch.reward_summary, **diag,
+            "gen_seconds": batch.generation_seconds,
+            "gen_tokens_per_s": batch.generated_tokens / max(batch.generation_seconds, 1e-9),
+            "completion_tokens_mean": batch.generated_tokens / n,
+        }
+        if "correctness" in batch.rollouts[0].components:  # never read references a reward did not
+            hits = [v == 1.0 for r in batch.rollouts for v in r.components["correctness"]]
+            metrics["train/accuracy"] = sum(hits) / n
+        self.last_batch = batch
+        return metrics
+
+    def run(self, resume: bool = False) -> dict:
+        cfg, store = self.cfg, self.store
+        start = time.perf_counter()
+        first = self.restore() if resume else 1
+        if not resume and store.last_step() is not None:
+            raise RunStopped(f"{self.run_dir} already holds a run; use --resume to continue it or another run_dir")
+        if store.last_step() is None:
+            base = self.evaluate()
+            with store.step(0) as w:
+                w.metrics(eval_metrics(base))
+        train_seconds = sum(r.value for name in ("gen_seconds", "train_seconds") for r in store.metrics(name))
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("reward {task.fields[reward]:.2f} · acc {task.fields[acc]:.2f} · eval pass@1 {task.fields[ev]}"),
+            TimeElapsedColumn(), disable=not self.progress,
+        )
+        with bar:
+            job = bar.add_task("train", total=cfg.steps, completed=first - 1, reward=0.0, acc=0.0, ev="-")
+            for step in range(first, cfg.steps + 1):
+                t0 = time.perf_counter()
+                try:
+                    metrics = self.train_step(step)
+                except NonFiniteLossError as err:
+                    kept = max((c.path for c in store.checkpoints()), default="none (the base model is unchanged)")
+                    raise RunStopped(f"step {step}: {err}. The run stopped; last good checkpoint: {kept}") from err
+                train_seconds += metrics["gen_seconds"] + metrics["train_seconds"]
+                if step % cfg.eval.every == 0 or step == cfg.steps:
+                    result = self.evaluate()
+                    metrics.update(eval_metrics(result))
+                    bar.update(job, ev=f"{result.metrics['pass@1'].value:.2f}" if "pass@1" in result.metrics else "-")
+                metrics["step_seconds"] = time.perf_counter() - t0
+                ckpt = self.save_checkpoint(step) if step % cfg.checkpoint_every == 0 or step == cfg.steps else None
+                with store.step(step) as w:
+                    w.metrics(metrics)
+                    w.completions(self.step_records(self.last_batch))
+                    if ckpt is not None:
+                        w.checkpoint(ckpt)
+                if ckpt is not None:
+                    self.prune_checkpoints()
+                bar.update(job, advance=1, reward=metrics["reward/mean"], acc=metrics.get("train/accuracy", float("nan")))
+        summary = self.write_summary(time.perf_counter() - start, train_seconds)
+        return summary
+
+    def write_summary(self, wall_seconds: float, train_seconds: float) -> dict:
+        rows = self.store.metrics()
+        final_step = max(r.step for r in rows if r.name.startswith("eval/"))
+        final_ckpt = max(self.store.checkpoints(), key=lambda c: c.step)
+        summary = {
+            "baseline": metrics_from_store(rows, 0),
+            "final": metrics_from_store(rows, final_step),
+            "steps": self.cfg.steps,
+            "wall_seconds": round(wall_seconds, 2),
+            "train_seconds": round(train_seconds, 2),
+            "final_checkpoint": str(final_ckpt.path),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        from sharpen.reports import write_report
+
+        summary["report"] = str(write_report(self.run_dir))
+        return summary
+
+
+def run(config_path: str | Path, overrides: list[str] = (), *, resume: bool = False, progress: bool = True) -> dict:
+    """`sharpen run CONFIG [key=value …] [--resume]`; returns the summary."""
+    cfg = load_config(config_path, RunConfig, list(overrides))
+    run_dir = Path(cfg.run_dir or Path("runs") / Path(config_path).stem)
+    return run_config(cfg, run_dir, resume=resume, progress=progress)
+
+
+def run_config(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = RunStore(run_dir)
+    saved = store.config()
+    if resume and saved is not None and saved != cfg.model_dump(mode="json"):
+        raise RunStopped(f"{run_dir} was started with a different config; resume it with the same config")
+    if saved is None:
+        store.write_config(cfg.model_dump(mode="json"))
+    store.close()
+    return Trainer(cfg, run_dir, progress=progress).run(resume=resume)
+
+
+def quickstart(*, problems: int = 200, seed: int = 0, steps: Optional[int] = None,
+               run_dir: Optional[Path] = None, progress: bool = True) -> dict:
+    """Build (or load) the default model, measure it, train it with GRPO on the correctness
+    reward of the quickstart task, measure again, and print a before/after table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cfg = RunConfig(seed=seed, eval=EvalConfig(problems=problems))
+    if steps is not None:
+        cfg = cfg.model_copy(update={"steps": steps})
+    run_dir = Path(run_dir or Path("runs") / time.strftime("quickstart-%Y%m%d-%H%M%S"))
+    console.print(f"sharpen quickstart: GRPO on {cfg.task.name} {cfg.task.options}, {cfg.steps} steps → {run_dir}")
+    summary = run_config(cfg, run_dir, progress=progress)
+    table = Table(title=f"held-out {cfg.task.name}, {problems} problems × {cfg.eval.samples} samples (95% CI)")
+    for column in ("metric", "base model", "after GRPO", "change"):
+        table.add_column(column, justify="right")
+    for name, base in summary["baseline"].items():
+        after = summary["final"].get(name)
+        if after is None:
+            continue
+        fmt = (lambda m: f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]") if "ci" in base else (
+            lambda m: f"{m['value']:.1f}")
+        table.add_row(name, fmt(base), fmt(after), f"{after['value'] - base['value']:+.3f}")
+    console.print(table)
+    console.print(f"training {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s")
+    console.print(f"report: {summary['report']}")
+    return summary

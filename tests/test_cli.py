@@ -1,0 +1,75 @@
+"""Each CLI command end to end, on the tiny model (mechanics only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sharpen.cli import main
+
+
+def test_eval_prints_a_table_and_writes_json(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--task", "addition", "--problems", "6",
+                 "--samples", "4", "--k", "1,4", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "pass@4" in printed and "95% CI" in printed
+    report = json.loads(out.read_text())
+    assert report["task"] == "addition"
+    assert set(report["metrics"]) == {"accuracy", "pass@1", "pass@4", "maj@4"}
+    for metric in report["metrics"].values():
+        lo, hi = metric["ci"]
+        assert 0.0 <= lo <= metric["value"] <= hi <= 1.0
+    assert report["tokens_per_problem"] > 0
+
+
+def test_eval_with_task_options(tmp_path, tiny_model_dir):
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--task", "addition", "--task-option", "digits=1",
+                 "--problems", "3", "--k", "1", "--json", str(out)])
+    assert code == 0
+    assert json.loads(out.read_text())["metrics"]["pass@1"]["value"] >= 0
+
+
+def test_unknown_task_lists_the_known_ones(capsys):
+    assert main(["eval", "--task", "adition"]) == 2
+    err = capsys.readouterr().out
+    assert "unknown task 'adition'" in err and "addition" in err and "countdown" in err
+
+
+def test_unknown_config_key_names_file_line_and_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("steps: 3\nlearner:\n  advantage: grpo\n  learning_rate: 1e-3\n")
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().out
+    assert "bad.yaml:4" in err and "learner.learning_rate" in err
+
+
+def test_wrong_type_in_an_override_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("steps: 3\n")
+    assert main(["run", str(cfg), "steps=many"]) == 2
+    assert "steps" in capsys.readouterr().out
+
+
+def test_tasks_lists_registered_tasks(capsys):
+    assert main(["tasks"]) == 0
+    assert {"addition", "multiplication", "countdown", "jsonl", "reasoning_gym"} <= set(capsys.readouterr().out.split())
+
+
+def test_bad_k_is_a_clear_error(capsys):
+    assert main(["eval", "--task", "addition", "--k", "one"]) == 2
+    assert "--k" in capsys.readouterr().out
+
+
+def test_run_then_report(tmp_path, tiny_model_dir, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"model: {tiny_model_dir}\nsteps: 2\nproblems_per_step: 2\nsampling: {{group_size: 2}}\n"
+                   f"eval: {{every: 2, problems: 4, samples: 2, ks: [1, 2]}}\nrun_dir: {tmp_path / 'r'}\n")
+    assert main(["run", str(cfg)]) == 0
+    assert (tmp_path / "r" / "report.html").exists()
+    assert main(["report", str(tmp_path / "r")]) == 0
+    assert main(["report", str(tmp_path / "r"), str(tmp_path / "r"), "--out", str(tmp_path / "c.html")]) == 0
+    assert (tmp_path / "c.html").exists()

@@ -1,0 +1,141 @@
+"""The training loop's mechanics on a tiny model: store, checkpoints, resume, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sharpen.loop import RunConfig, RunStopped, problem_batch, run, run_config
+from sharpen.runs import RunStore
+
+CONFIG = """\
+# sharpen run {path}
+model: {model}
+steps: 6
+problems_per_step: 4
+sampling: {{group_size: 4}}
+eval: {{every: 3, problems: 8, samples: 4, ks: [1, 4]}}
+checkpoint_every: 2
+threads: 1
+"""
+
+
+def write_config(tmp_path: Path, model: Path, name: str = "cfg.yaml", extra: str = "") -> Path:
+    path = tmp_path / name
+    path.write_text(CONFIG.format(path=path, model=model) + extra)
+    return path
+
+
+def test_run_writes_every_step_and_a_summary(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    summary = run(cfg, [f"run_dir={tmp_path / 'run'}"], progress=False)
+    store = RunStore(tmp_path / "run")
+    steps = sorted({r.step for r in store.metrics()})
+    assert steps == [0, 1, 2, 3, 4, 5, 6]
+    evals = sorted({r.step for r in store.metrics("eval/pass@1")})
+    assert evals == [0, 3, 6]
+    assert [c.step for c in store.checkpoints()] == [2, 4, 6]
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step-000004", "step-000006"]
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["baseline"]["pass@1"]["value"] == summary["baseline"]["pass@1"]["value"]
+    assert set(on_disk["final"]) >= {"pass@1", "pass@4", "maj@4", "accuracy", "tokens_per_problem"}
+    assert Path(summary["report"]).exists()
+    for name in ("reward/mean", "train/accuracy", "clip_frac", "approx_kl", "entropy", "gen_tokens_per_s",
+                 "train_tokens_per_s", "reward/frac_zero_std"):
+        assert len(store.metrics(name)) == 6, name
+
+
+def test_a_finished_run_directory_is_not_overwritten(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path, tiny_model_dir, extra="steps: 1\n".replace("steps", "checkpoint_every"))
+    run(cfg, [f"run_dir={tmp_path / 'run'}", "steps=1"], progress=False)
+    with pytest.raises(RunStopped, match="already holds a run"):
+        run(cfg, [f"run_dir={tmp_path / 'run'}", "steps=1"], progress=False)
+
+
+def test_problem_batches_depend_only_on_seed_and_step():
+    pool = list(range(100))
+    assert problem_batch(pool, 0, 5, 8) == problem_batch(pool, 0, 5, 8)
+    assert problem_batch(pool, 0, 5, 8) != problem_batch(pool, 0, 6, 8)
+
+
+def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path, tiny_model_dir, extra="log_completions: 1\n")
+    straight = run(cfg, [f"run_dir={tmp_path / 'straight'}"], progress=False)
+
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sharpen.cli", "run", str(cfg), f"run_dir={run_dir}"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it after step 3 is stored, mid-way through the run
+        if (run_dir / "run.sqlite").exists() and (RunStore(run_dir).last_step() or 0) >= 3:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (RunStore(run_dir).last_step() or 0) < 6, "the child finished before it could be killed"
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    store = RunStore(run_dir)
+    rows = store.metrics()
+    steps = [r.step for r in rows if r.name == "reward/mean"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # no step missing, none twice
+    final = json.loads((run_dir / "summary.json").read_text())["final"]
+    assert final == straight["final"]
+    straight_rewards = [r.value for r in RunStore(tmp_path / "straight").metrics("reward/mean")]
+    assert [r.value for r in store.metrics("reward/mean")] == straight_rewards
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
+    reward_file = tmp_path / "bad_reward.py"
+    reward_file.write_text(
+        "import math\n"
+        "def blows_up_after_two(prompts, completions, step_calls=[0], **columns):\n"
+        "    step_calls[0] += 1\n"  # from step 3 on, an infinite reward: the loss is not finite
+        "    return [math.inf if step_calls[0] > 2 else float(i % 2) for i in range(len(completions))]\n"
+    )
+    cfg = RunConfig.model_validate({
+        "model": str(tiny_model_dir), "steps": 5, "problems_per_step": 2, "checkpoint_every": 1,
+        "sampling": {"group_size": 2}, "eval": {"every": 10, "problems": 4, "samples": 2, "ks": [1]},
+        "rewards": [{"name": f"{reward_file}:blows_up_after_two"}], "learner": {"advantage": "reinforce"},
+    })
+    with pytest.raises(RunStopped, match="step 3: the loss is (inf|nan)") as info:
+        run_config(cfg, tmp_path / "nan", progress=False)
+    store = RunStore(tmp_path / "nan")
+    assert store.last_step() == 2
+    assert [c.step for c in store.checkpoints()] == [1, 2]
+    assert (tmp_path / "nan" / "checkpoints" / "step-000002" / "config.json").exists()
+    assert "step-000002" in str(info.value)
+
+
+def test_label_free_training_never_reads_a_reference(tmp_path, tiny_model_dir):
+    task_file = tmp_path / "blind.py"
+    task_file.write_text(
+        "import dataclasses\n"
+        "from sharpen.tasks import get_task\n"
+        "def make():\n"
+        "    def check(problem, text):\n"
+        "        raise AssertionError('the checker was called during label-free training')\n"
+        "    problems = get_task('addition').problems\n"
+        "    def without_answers(split, n, seed):\n"
+        "        return [dataclasses.replace(p, answer=None) for p in problems(split, n, seed)]\n"
+        "    return dataclasses.replace(get_task('addition'), check=check, problems=without_answers)\n"
+    )
+    from sharpen.loop import Trainer
+
+    cfg = RunConfig.model_validate({
+        "model": str(tiny_model_dir), "steps": 2, "problems_per_step": 4, "sampling": {"group_size": 4},
+        "task": {"name": f"{task_file}:make", "options": {}}, "rewards": [{"name": "majority_vote"}],
+    })
+    trainer = Trainer(cfg, tmp_path / "blind", progress=False)
+    assert all(p.answer is None for p in trainer.pool)
+    for step in (1, 2):
+        metrics = trainer.train_step(step)
+        assert "train/accuracy" not in metrics and 0.0 <= metrics["reward/mean"] <= 1.0
