@@ -274,3 +274,18 @@ def test_bad_user_task_spec(spec: str, words: list[str]) -> None:
     with pytest.raises(UnknownTaskError) as info:
         get_task(spec)
     assert all(word in str(info.value) for word in words), str(info.value)
+
+
+def test_strict_reading_refuses_broken_completions():
+    from sharpen.tasks import get_task
+
+    strict, lenient = get_task("addition"), get_task("addition", strict=False)
+    problem = strict.problems("eval", 1, 0)[0]
+    right = problem.answer
+    assert strict.check(problem, f" {right}\n").correct is True
+    for broken in (f"{right}y", f"{right[:2]}no", f"sum {right}", ""):
+        assert strict.extract(broken) is None
+        assert strict.check(problem, broken).correct is False
+    assert lenient.check(problem, f"sum {right}").correct is True
+    assert get_task("addition", scratchpad=True).extract("7+8=15,3+5+1=9|95") == "95"
+    assert get_task("addition", scratchpad=True).extract("7+8=15,3+5+1=9|95x") is None

@@ -41,7 +41,7 @@ class PolicyGradientConfig(ConfigModel):
     decompose: bool = Field(
         True, description="bnpo only: with several weighted reward components, average their BNPO advantages."
     )
-    lr: float = Field(1e-3, description="Peak AdamW learning rate.")
+    lr: float = Field(2e-4, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, description="Linear warm-up steps of the learning rate.")
     schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate decay after warm-up.")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from sharpen.models.base import Completion
-from sharpen.signals.base import Scores, check_groups
+from sharpen.signals.base import Scores, SignalOptionError, check_groups
 from sharpen.tasks.base import Problem, Task
 
 
@@ -38,11 +38,19 @@ class MajorityVote:
     """1.0 if a completion's answer equals its group's majority answer, else 0.0.
 
     A completion whose answer cannot be read scores 0.0 (it agrees with nothing), as does
-    every completion of a group where no answer can be read.
+    every completion of a group where no answer can be read. With `min_share` > 0, a group
+    whose majority answer holds less than that share of the group's completions gets None
+    (no consensus, so no pseudo-label: the group does not vote on itself), like the
+    confidence threshold of self-consistency-based self-training.
     """
 
     task: Task
+    min_share: float = 0.0
     name: str = "majority_vote"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_share <= 1.0:
+            raise SignalOptionError(f"majority_vote: min_share must be in [0, 1], got {self.min_share}")
 
     def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:
         check_groups(self.name, problems, groups)
@@ -50,5 +58,9 @@ class MajorityVote:
         for group in groups:  # problems are never read: the vote is label-free
             answers = [self.task.extract(c.text) for c in group]
             winner = majority_answer(answers)
-            scores.append([float(a is not None and a == winner) for a in answers])
+            share = answers.count(winner) / len(answers) if winner is not None else 0.0
+            if self.min_share and share < self.min_share:
+                scores.append([None] * len(answers))
+            else:
+                scores.append([float(a is not None and a == winner) for a in answers])
         return scores

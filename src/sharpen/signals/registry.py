@@ -34,8 +34,8 @@ def format_(task: Task, policy: Optional[ScoringPolicy], pattern: Optional[str] 
     return Format(task, pattern=pattern)
 
 
-def majority_vote(task: Task, policy: Optional[ScoringPolicy]) -> Signal:
-    return MajorityVote(task)
+def majority_vote(task: Task, policy: Optional[ScoringPolicy], min_share: float = 0.0) -> Signal:
+    return MajorityVote(task, min_share=min_share)
 
 
 def self_certainty(task: Task, policy: Optional[ScoringPolicy], batch_size: int = 64) -> Signal:

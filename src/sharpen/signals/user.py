@@ -16,18 +16,15 @@ the reward does not apply, per completion.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import math
 import numbers
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sharpen.models.base import Completion
+from sharpen.specs import SpecError, load_object
 from sharpen.signals.base import RewardFunctionError, Score, Scores, check_groups, regroup
 from sharpen.tasks.base import Problem
 
@@ -42,33 +39,12 @@ def is_function_spec(spec: str) -> bool:
 
 def load_reward_function(spec: str) -> RewardFunction:
     """The function named by "package.module:function" or "path/to/file.py:function"."""
-    where, _, attr = spec.rpartition(":")
-    if not where or not attr:
-        raise RewardFunctionError(f"reward function {spec!r}: write it as 'module:function' or 'file.py:function'")
-    if where.endswith(".py"):
-        path = Path(where).expanduser().resolve()
-        if not path.is_file():
-            raise RewardFunctionError(f"reward function {spec!r}: file {str(path)!r} does not exist")
-        module_name = f"sharpen_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-        loader_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module  # so pickling and dataclasses in the file work
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[module_name]
-            raise
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as error:
-            raise RewardFunctionError(
-                f"reward function {spec!r}: cannot import module {where!r} ({error}); "
-                "install it, or point at a file with 'path/to/file.py:function'"
-            ) from error
-    function = getattr(module, attr, None)
+    try:
+        function = load_object(spec)
+    except SpecError as e:
+        raise RewardFunctionError(f"reward function {spec!r}: {e}") from e
     if not callable(function):
-        raise RewardFunctionError(f"reward function {spec!r}: {where!r} has no function {attr!r}")
+        raise RewardFunctionError(f"reward function {spec!r}: {function!r} is not callable")
     return function
 
 

@@ -11,7 +11,8 @@ carry comes in from the previous column; "|" then introduces the answer.
 from __future__ import annotations
 
 import random
-from typing import Optional
+import re
+from typing import Callable, Optional
 
 from sharpen.tasks.answers import answer_verdict, extract_number
 from sharpen.tasks.base import Problem, Task, Verdict
@@ -41,14 +42,31 @@ def read_final(text: str) -> Optional[str]:
     return extract_number(text.rsplit("|", 1)[1] if "|" in text else text)
 
 
-def check_final(problem: Problem, text: str) -> Verdict:
-    """Compare the completion's final number with the reference answer."""
-    return answer_verdict(read_final(text), problem.answer)
+def read_strict(text: str) -> Optional[str]:
+    """The answer only if the completion is well formed: a bare integer, or a scratchpad whose
+    part after the last "|" is a bare integer. "15y" or "sum: 15" read as no answer, so a
+    label-free vote cannot reward a broken completion for sharing a prefix with others."""
+    final = text.rsplit("|", 1)[1] if "|" in text else text
+    return extract_number(final) if re.fullmatch(r"\s*-?\d+\s*", final) else None
+
+
+def make_reader(strict: bool) -> Callable[[str], Optional[str]]:
+    return read_strict if strict else read_final
+
+
+def make_checker(read: Callable[[str], Optional[str]]) -> Callable[[Problem, str], Verdict]:
+    def check(problem: Problem, text: str) -> Verdict:
+        """Compare the completion's final number with the reference answer."""
+        return answer_verdict(read(text), problem.answer)
+
+    return check
 
 
 @register_task("addition")
-def addition(digits: int = 2, scratchpad: bool = False) -> Task:
-    """a+b with both operands of exactly `digits` digits; optionally a column-sum scratchpad."""
+def addition(digits: int = 2, scratchpad: bool = False, strict: bool = True) -> Task:
+    """a+b with both operands of exactly `digits` digits; optionally a column-sum scratchpad.
+    `strict` accepts only well-formed answers (see `read_strict`); False reads the last number
+    anywhere in the text, for chatty models."""
     check_int_option("addition", "digits", digits, minimum=1)
     span = 9 * 10 ** (digits - 1)  # how many numbers have exactly `digits` digits
 
@@ -66,8 +84,8 @@ def addition(digits: int = 2, scratchpad: bool = False) -> Task:
     return Task(
         name="addition",
         problems=problems,
-        check=check_final,
-        extract=read_final,
+        check=make_checker(make_reader(strict)),
+        extract=make_reader(strict),
         description=f"{digits}-digit addition" + (" with a column-sum scratchpad" if scratchpad else ""),
         max_new_tokens=10 * digits + 4 if scratchpad else digits + 3,
         stop=("\n",),
@@ -76,8 +94,8 @@ def addition(digits: int = 2, scratchpad: bool = False) -> Task:
 
 
 @register_task("multiplication")
-def multiplication(digits: int = 1) -> Task:
-    """a*b with `a` of exactly `digits` digits and `b` a single digit 1-9."""
+def multiplication(digits: int = 1, strict: bool = True) -> Task:
+    """a*b with `a` of exactly `digits` digits and `b` a single digit 1-9; `strict` as in addition."""
     check_int_option("multiplication", "digits", digits, minimum=1)
 
     def draw(rng: random.Random) -> Problem:
@@ -96,8 +114,8 @@ def multiplication(digits: int = 1) -> Task:
     return Task(
         name="multiplication",
         problems=problems,
-        check=check_final,
-        extract=read_final,
+        check=make_checker(make_reader(strict)),
+        extract=make_reader(strict),
         description=f"{digits}-digit by 1-digit multiplication",
         max_new_tokens=digits + 3,
         stop=("\n",),

@@ -9,15 +9,11 @@ A factory is any function that returns a `Task`; its keyword arguments are the t
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Optional, TypeVar, Union, overload
 
+from sharpen.specs import SpecError, load_object
 from sharpen.tasks.base import Task
 from sharpen.tasks.errors import TaskOptionError, UnknownTaskError
 
@@ -87,33 +83,8 @@ def check_options(name: str, factory: TaskFactory, options: dict[str, Any]) -> N
 
 
 def _load(spec: str) -> Union[TaskFactory, Task]:
-    """The object named by 'path/to/file.py:attr' or 'package.module:attr'."""
-    where, _, attr = spec.rpartition(":")
-    if where.endswith(".py") or "/" in where or "\\" in where:
-        path = Path(where).expanduser().resolve()
-        if not path.is_file():
-            raise UnknownTaskError(f"task file {where!r} not found (task spec {spec!r})")
-        module_name = "sharpen_user_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-        module = sys.modules.get(module_name)
-        if module is None:
-            module_spec = importlib.util.spec_from_file_location(module_name, path)
-            if module_spec is None or module_spec.loader is None:
-                raise UnknownTaskError(f"cannot import {where!r} as Python source (task spec {spec!r})")
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_name] = module  # dataclasses and pickling look modules up here
-            try:
-                module_spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[module_name]
-                raise
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ModuleNotFoundError as e:
-            if e.name is None or not where.startswith(e.name):
-                raise  # the module exists but one of its own imports is missing
-            raise UnknownTaskError(f"no module {where!r} to load task spec {spec!r} from ({e})") from e
-    if not hasattr(module, attr):
-        raise UnknownTaskError(f"{where!r} has no attribute {attr!r} (task spec {spec!r})")
-    found: Union[TaskFactory, Task] = getattr(module, attr)
-    return found
+    """The factory or Task named by 'path/to/file.py:attr' or 'package.module:attr'."""
+    try:
+        return load_object(spec)
+    except SpecError as e:
+        raise UnknownTaskError(f"task spec {spec!r}: {e}") from e

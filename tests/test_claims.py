@@ -1,0 +1,47 @@
+"""Claims of improvement, on the real embedded default model (slow: minutes on 2 cores).
+
+Run with `.venv/bin/python -m pytest -m slow`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sharpen.config import load_config
+from sharpen.loop import RunConfig, quickstart, run_config
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+pytestmark = pytest.mark.slow
+
+
+def gain(summary: dict) -> tuple[float, bool]:
+    """pass@1 gain, and whether the 95% intervals of base and final are disjoint."""
+    base, final = summary["baseline"]["pass@1"], summary["final"]["pass@1"]
+    return final["value"] - base["value"], final["ci"][0] > base["ci"][1]
+
+
+@pytest.fixture(scope="module")
+def quickstart_summary(tmp_path_factory):
+    return quickstart(run_dir=tmp_path_factory.mktemp("quickstart") / "run", progress=False)
+
+
+def test_default_model_is_weak_but_not_hopeless(quickstart_summary):
+    base = quickstart_summary["baseline"]
+    assert 0.15 <= base["pass@1"]["value"] <= 0.60
+    assert base["pass@8"]["value"] >= 1.5 * base["pass@1"]["value"]
+
+
+def test_quickstart_lifts_pass_at_1_by_20_points(quickstart_summary):
+    delta, disjoint = gain(quickstart_summary)
+    assert delta >= 0.20 and disjoint, quickstart_summary
+
+
+def test_label_free_example_reaches_half_the_gain_without_labels(quickstart_summary, tmp_path):
+    cfg = load_config(EXAMPLES / "label_free.yaml", RunConfig)
+    summary = run_config(cfg, tmp_path / "label_free", progress=False)
+    delta, disjoint = gain(summary)
+    supervised, _ = gain(quickstart_summary)
+    assert delta >= 0.5 * supervised and disjoint, (delta, supervised)

@@ -1,0 +1,25 @@
+"""Every example config validates and opens with the command that runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sharpen.config import load_config
+from sharpen.learners.advantages import ADVANTAGE_ESTIMATORS
+from sharpen.loop import RunConfig
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_is_valid_and_says_how_to_run_it(path):
+    assert path.read_text().splitlines()[0] == f"# sharpen run examples/{path.name}"
+    cfg = load_config(path, RunConfig)
+    assert cfg.model == "default" and cfg.steps > 0
+
+
+def test_every_advantage_estimator_has_an_example():
+    used = {load_config(p, RunConfig).learner.advantage for p in EXAMPLES}
+    assert set(ADVANTAGE_ESTIMATORS) - {"signed"} <= used
