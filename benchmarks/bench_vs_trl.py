@@ -13,11 +13,10 @@ One process, one run, figures printed (and with --json written). What it does:
      with the same evaluator every --every steps and stops at the target;
   5. sampling speed of sharpen's rollout generation against a bare `model.generate`.
 
-Training seconds exclude evaluation on both sides. sharpen's are its own per-step figures
-(`gen_seconds + train_seconds`: sampling and the learner update); TRL's are the wall time
-between optimizer steps minus the callback's evaluations (everything TRL does per step).
-sharpen's wall seconds per step without an evaluation (scoring and bookkeeping included) are
-printed next to them. On a shared machine pass `--threads 1` (see benchmarks/README.md).
+Training seconds exclude evaluation on both sides and are wall time: sharpen's are its run
+store's `train_step_seconds` (each step's wall time minus its held-out evaluation: sampling,
+scoring, the update, checkpoints, bookkeeping); TRL's are the wall time between optimizer
+steps minus the callback's evaluations. On a shared machine pass `--threads 1`.
 """
 
 from __future__ import annotations
@@ -131,22 +130,20 @@ def run_sharpen(cfg: RunConfig, run_dir: Path, target: float) -> Curve:
     run_config(cfg, run_dir, progress=False)
     with RunStore(run_dir) as store:
         gen = {r.step: r.value for r in store.metrics("gen_seconds")}
-        train = {r.step: r.value for r in store.metrics("train_seconds")}
-        wall = {r.step: r.value for r in store.metrics("step_seconds")}
+        update = {r.step: r.value for r in store.metrics("update_seconds")}
+        step_wall = {r.step: r.value for r in store.metrics("train_step_seconds")}
         pass1 = {r.step: r.value for r in store.metrics("eval/pass@1")}
         pass8 = {r.step: r.value for r in store.metrics("eval/pass@8")}
-    steps = sorted(gen)
+    steps = sorted(step_wall)
     points, spent = [EvalPoint(0, 0.0, pass1[0], pass8[0])], 0.0
     for step in steps:
-        spent += gen[step] + train[step]
+        spent += step_wall[step]
         if step in pass1:
             points.append(EvalPoint(step, spent, pass1[step], pass8[step]))
-    per_step = [gen[s] + train[s] for s in steps]
-    plain = [wall[s] for s in steps if s not in pass1]  # steps without an evaluation inside
+    per_step = [step_wall[s] for s in steps]
     details = {
         "gen_seconds_per_step": statistics.mean(gen[s] for s in steps),
-        "learner_seconds_per_step": statistics.mean(train[s] for s in steps),
-        "wall_seconds_per_non_eval_step": statistics.mean(plain) if plain else None,
+        "learner_seconds_per_step": statistics.mean(update[s] for s in steps),
         "run_dir": str(run_dir),
         "config": cfg.model_dump(mode="json"),
     }
@@ -448,9 +445,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ours = run_sharpen(cfg, run_dir, target)
     print_curve(ours, target)
     d = ours.details
-    wall = d["wall_seconds_per_non_eval_step"]
-    print(f"  (sampling {d['gen_seconds_per_step']:.3f} + learner {d['learner_seconds_per_step']:.3f} s per step; "
-          f"wall per step without evaluation {'-' if wall is None else f'{wall:.3f}'} s)")
+    print(f"  (of which sampling {d['gen_seconds_per_step']:.3f} and the learner update "
+          f"{d['learner_seconds_per_step']:.3f} s per step)")
 
     base_point = EvalPoint(0, 0.0, b1, b8)
     trls = []

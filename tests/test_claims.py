@@ -45,3 +45,16 @@ def test_label_free_example_reaches_half_the_gain_without_labels(quickstart_summ
     delta, disjoint = gain(summary)
     supervised, _ = gain(quickstart_summary)
     assert delta >= 0.5 * supervised and disjoint, (delta, supervised)
+
+
+def test_the_real_default_model_loads_through_the_auto_classes():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sharpen.models.embedded import Recipe, ensure_default_model, model_dir
+
+    path = ensure_default_model(progress=False)
+    assert path == model_dir(Recipe())
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == "llama" and tokenizer.chat_template
+    assert 500_000 < sum(p.numel() for p in model.parameters()) < 2_000_000

@@ -221,7 +221,7 @@ class Trainer:
             base = self.evaluate()
             with store.step(0) as w:
                 w.metrics(eval_metrics(base))
-        train_seconds = sum(r.value for name in ("gen_seconds", "train_seconds") for r in store.metrics(name))
+        train_seconds = sum(r.value for r in store.metrics("train_step_seconds"))
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         bar = Progress(
@@ -238,13 +238,19 @@ class Trainer:
                 except NonFiniteLossError as err:
                     kept = max((c.path for c in store.checkpoints()), default="none (the base model is unchanged)")
                     raise RunStopped(f"step {step}: {err}. The run stopped; last good checkpoint: {kept}") from err
-                train_seconds += metrics["gen_seconds"] + metrics["train_seconds"]
+                eval_seconds = 0.0
                 if step % cfg.eval.every == 0 or step == cfg.steps:
+                    t_eval = time.perf_counter()
                     result = self.evaluate()
-                    metrics.update(eval_metrics(result))
+                    eval_seconds = time.perf_counter() - t_eval
+                    metrics.update(eval_metrics(result), eval_seconds=eval_seconds)
                     bar.update(job, ev=f"{result.metrics['pass@1'].value:.2f}" if "pass@1" in result.metrics else "-")
-                metrics["step_seconds"] = time.perf_counter() - t0
                 ckpt = self.save_checkpoint(step) if step % cfg.checkpoint_every == 0 or step == cfg.steps else None
+                metrics["step_seconds"] = time.perf_counter() - t0
+                # the step's wall time without the held-out evaluation: sampling, scoring,
+                # the update, checkpointing and bookkeeping (the store write itself excepted)
+                metrics["train_step_seconds"] = metrics["step_seconds"] - eval_seconds
+                train_seconds += metrics["train_step_seconds"]
                 with store.step(step) as w:
                     w.metrics(metrics)
                     w.completions(self.step_records(self.last_batch))

@@ -138,7 +138,7 @@ class PolicyGradient:
         n = len(chunks) * self.cfg.epochs
         out = {k: v / n for k, v in sums.items()}
         seconds = time.perf_counter() - start
-        out.update(advantage_abs_mean=advantages.abs().mean().item(), train_seconds=seconds,
+        out.update(advantage_abs_mean=advantages.abs().mean().item(), update_seconds=seconds,
                    train_tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
         return out
 

@@ -27,11 +27,8 @@ MAX_TURN_LINES = 6
 
 def _figure(n_panels: int, ncols: int = 3) -> tuple[Any, list[Any]]:
     """A Figure on an Agg canvas with n panels in a grid, and its axes in reading order."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ImportError("sharpen reports draw with matplotlib: pip install 'sharpen[report]'") from e
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported on use: plotting is slow to load
+    from matplotlib.figure import Figure
     ncols = max(1, min(ncols, n_panels))
     nrows = math.ceil(n_panels / ncols)
     fig = Figure(figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows), layout="constrained")
@@ -153,7 +150,7 @@ TRAINING_PANELS = (
     Panel("gradient norm", ("grad_norm",)),
     Panel("learning rate", ("lr",), smooth=False),
     Panel("tokens per second", ("gen_tokens_per_s", "train_tokens_per_s")),
-    Panel("seconds per step", ("step_seconds",)),
+    Panel("seconds per step", ("step_seconds", "train_step_seconds")),
 )
 """What the training figure draws, in order; a panel whose metrics were not logged is left out."""
 
