@@ -1,0 +1,126 @@
+"""Turn metrics on made-up matrices and episodes; every value computed by hand."""
+
+import numpy as np
+import pytest
+
+from sharpen.episodes import Episode, Turn
+from sharpen.evaluation.evaluate import Metric
+from sharpen.evaluation.turns import (
+    change_t1_tT,
+    episode_matrices,
+    majority_over_turns,
+    per_problem_turn_values,
+    right_to_wrong,
+    turn_metrics,
+    wrong_to_right,
+)
+from sharpen.models.base import Completion
+from sharpen.tasks.base import Problem
+
+T, F = True, False
+CORRECT = [
+    [F, T, T],  # wrong → right
+    [T, F, F],  # right → wrong
+    [T, T, T],
+    [F, F, F],
+    [F, F, T],  # wrong → right at the last turn
+]
+ANSWERS = [
+    ["4", "5", "5"],  # "5" has 2 votes, first at turn 2 (right) → 1
+    ["3", "4", "4"],  # "4" wins, turn 2 wrong → 0
+    ["7", "7", "7"],  # → 1
+    [None, None, None],  # nothing votes → 0
+    ["1", "2", "9"],  # three-way tie → the first, "1", wrong → 0
+]
+HAND = {
+    "turn1/accuracy": 2 / 5,
+    "turn2/accuracy": 2 / 5,
+    "turn3/accuracy": 3 / 5,
+    "m1@t1": 2 / 5,
+    "m1@tT": 3 / 5,
+    "p1@tT": 4 / 5,
+    "maj@turns": 2 / 5,
+    "delta_t1_tT": 1 / 5,
+    "delta_i_to_c": 2 / 5,
+    "delta_c_to_i": 1 / 5,
+}
+
+
+def test_hand_values_from_a_matrix():
+    metrics = turn_metrics(CORRECT, answers=ANSWERS)
+    assert list(metrics) == list(HAND)
+    for name, value in HAND.items():
+        assert metrics[name].value == pytest.approx(value), name
+        lo, hi = metrics[name].ci
+        assert lo <= metrics[name].value <= hi, name
+    # Δ(t1,tT) = Δi→c − Δc→i = acc(T) − acc(1)
+    assert metrics["delta_t1_tT"].value == pytest.approx(
+        metrics["delta_i_to_c"].value - metrics["delta_c_to_i"].value)
+
+
+def test_per_problem_values():
+    assert change_t1_tT(CORRECT).tolist() == [1, -1, 0, 0, 1]
+    assert wrong_to_right(CORRECT).tolist() == [1, 0, 0, 0, 1]
+    assert right_to_wrong(CORRECT).tolist() == [0, 1, 0, 0, 0]
+    assert majority_over_turns(ANSWERS, CORRECT).tolist() == [1, 0, 1, 0, 0]
+    assert "maj@turns" not in per_problem_turn_values(CORRECT)  # needs answers
+    # unscorable (None) counts as not right; numpy input works too
+    assert per_problem_turn_values([[None, T]])["delta_i_to_c"].tolist() == [1.0]
+    assert per_problem_turn_values(np.array(CORRECT))["p1@tT"].tolist() == [1, 1, 1, 0, 1]
+
+
+def test_majority_over_turns_ties_and_none():
+    assert majority_over_turns([["9", "1"]], [[T, F]]).tolist() == [1.0]  # tie → first turn's answer
+    assert majority_over_turns([["1", "9"]], [[F, T]]).tolist() == [0.0]
+    assert majority_over_turns([[None, None, "9"]], [[F, F, T]]).tolist() == [1.0]  # None does not vote
+    assert majority_over_turns([["1", "9", "9", "1"]], [[F, T, T, F]]).tolist() == [0.0]  # 2–2: "1" first
+    with pytest.raises(ValueError, match="shape"):
+        majority_over_turns([["1"]], [[F, T]])
+
+
+def test_ci_is_a_bootstrap_over_problems():
+    same = turn_metrics([[T, T]] * 4)  # no spread: a point interval
+    assert same["m1@t1"] == Metric(1.0, (1.0, 1.0))
+    assert same["delta_t1_tT"] == Metric(0.0, (0.0, 0.0))
+    big = turn_metrics(CORRECT * 20, seed=3)
+    lo, hi = big["delta_i_to_c"].ci
+    assert lo < 0.4 < hi and hi - lo < 0.4
+    assert turn_metrics(CORRECT, seed=3) == turn_metrics(CORRECT, seed=3)  # deterministic
+
+
+def turn(answer, correct, tokens=2):
+    return Turn(Completion(answer or "x", tuple(range(tokens)), (0.0,) * tokens, "stop"), answer, correct, None)
+
+
+def test_episodes_that_stopped_early_keep_their_last_answer():
+    p = Problem(id="p", prompt="q")
+    episodes = [
+        Episode(p, (turn("41", F), turn("42", T, 3))),  # stopped at turn 2
+        Episode(p, (turn("22", T),)),  # stopped at turn 1
+        Episode(p, (turn(None, F, 1), turn("39", F), turn("40", T))),
+    ]
+    correct, answers = episode_matrices(episodes, turns=3)
+    assert correct.tolist() == [[F, T, T], [T, T, T], [F, F, T]]
+    assert answers == [["41", "42", "42"], ["22", "22", "22"], [None, "39", "40"]]
+
+    m = turn_metrics(episodes, turns=3)
+    assert m["turn2/accuracy"].value == pytest.approx(2 / 3)
+    assert m["m1@t1"].value == pytest.approx(1 / 3)
+    assert m["m1@tT"].value == pytest.approx(1.0)
+    assert m["p1@tT"].value == pytest.approx(1.0)
+    assert m["maj@turns"].value == pytest.approx(2 / 3)  # "39"/"40" tie → "39", wrong
+    assert m["delta_i_to_c"].value == pytest.approx(2 / 3)
+    assert m["delta_c_to_i"].value == 0.0
+    assert m["tokens_per_problem"].value == pytest.approx((5 + 2 + 5) / 3)
+    assert list(turn_metrics(episodes)) == list(m)  # T defaults to the longest episode
+
+    with pytest.raises(ValueError, match="turns=2"):
+        episode_matrices(episodes, turns=2)
+    with pytest.raises(ValueError, match="answers"):
+        turn_metrics(episodes, answers=answers)
+
+
+def test_bad_matrices():
+    for bad in ([], [[]], [[T, F], [T]]):
+        with pytest.raises(ValueError, match="rectangular"):
+            turn_metrics(bad)
