@@ -68,7 +68,7 @@ class RunConfig(ConfigModel):
     model: str = Field("default", description="'default' (the embedded model) or a local HF checkpoint path.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model practises on.")
     seed: int = Field(0, description="Seed of problem order, sampling and evaluation.")
-    steps: int = Field(60, ge=1, description="Learner updates.")
+    steps: int = Field(150, ge=1, description="Learner updates.")
     problems_per_step: int = Field(16, ge=1, description="Problems sampled per step.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How rollouts are sampled.")
     rewards: list[RewardConfig] = Field(
