@@ -74,6 +74,29 @@ def cmd_eval(args: argparse.Namespace) -> None:
         console.print(f"wrote {args.json}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from sharpen.evaluation.compare import CompareError, compare_strategies
+    from sharpen.models import load_policy
+    from sharpen.strategies import StrategyOptionError, StrategySpecError, UnknownStrategyError
+    from sharpen.tasks import get_task
+
+    task = get_task(args.task, **parse_options(args.task_option, "--task-option"))
+    specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    policy = load_policy(args.model, seed=args.seed)
+    try:
+        comparison = compare_strategies(policy, task, specs, problems=args.problems, seed=args.seed,
+                                        budget=args.budget)
+    except (CompareError, StrategySpecError, StrategyOptionError, UnknownStrategyError) as err:
+        raise CliError(str(err)) from None
+    console.print(comparison.table(f"{args.model} on {task.name}: strategies"))
+    if args.json:
+        report = {"model": args.model, **comparison.to_json()}
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        console.print(f"wrote {comparison.plot(args.plot)}")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from sharpen.loop import quickstart
 
@@ -129,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="compare inference-time strategies: accuracy with 95%% intervals, "
+                       "tokens per problem, paired significance")
+    p.add_argument("--model", default="default", help="'default' (the embedded model) or a local HF checkpoint path")
+    p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
+    p.add_argument("--strategies", required=True,
+                   help="comma-separated strategy specs, e.g. single,self_consistency-8,best_of_n-8:self_certainty")
+    p.add_argument("--problems", type=int, default=100, help="held-out problems, the same for every strategy")
+    p.add_argument("--budget", type=float, default=None, metavar="TOKENS",
+                   help="tokens per problem; strategies above it are marked over budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot accuracy against tokens per problem")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("model", help="build (or show) the embedded default model")
     p.add_argument("--rebuild", action="store_true", help="build again even if cached")
