@@ -13,6 +13,8 @@ from sharpen.models.base import Completion, Policy, SamplingParams, TokenScores
 if TYPE_CHECKING:
     from sharpen.models.hf import HFPolicy
 
+# HTTP backend for OpenAI-compatible servers: sharpen.models.openai_http.OpenAIPolicy
+
 
 def resolve_model(spec: str, progress: bool = True) -> Path | str:
     """"default" → the embedded model's cache directory (built if missing); else `spec`."""
