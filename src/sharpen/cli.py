@@ -120,6 +120,25 @@ def cmd_report(args: argparse.Namespace) -> None:
         console.print(f"comparison: {compare_runs(args.run_dirs, out)}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from sharpen.models import load_policy
+    from sharpen.serve import make_server
+
+    policy = load_policy(args.model, seed=args.seed)
+    try:
+        server = make_server(policy, host=args.host, port=args.port, model_name=args.model_name or args.model,
+                             task=args.task, max_n=args.max_n, max_tokens_limit=args.max_tokens_limit)
+    except OSError as err:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {err}") from None
+    console.print(f"serving {server.model_name!r} at {server.url} (Ctrl-C to stop)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharpen", description="Language models that improve themselves.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot accuracy against tokens per problem")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API "
+                       "(model 'STRATEGY/NAME' applies an inference-time strategy)")
+    p.add_argument("--model", default="default", help="'default' (the embedded model) or a local HF checkpoint path")
+    p.add_argument("--model-name", default=None, help="the model id clients ask for (default: the --model value)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
+    p.add_argument("--task", default="addition", help="task whose answer extraction strategy models use")
+    p.add_argument("--max-n", type=int, default=64, help="largest n per request")
+    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens per request")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("model", help="build (or show) the embedded default model")
     p.add_argument("--rebuild", action="store_true", help="build again even if cached")

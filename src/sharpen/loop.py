@@ -13,7 +13,6 @@ the optimizer, so a run killed at any moment and resumed reproduces the uninterr
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time

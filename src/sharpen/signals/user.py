@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
