@@ -242,7 +242,7 @@ def test_concurrency_never_exceeds_max(fake):
     prompts = [f"p{i}" for i in range(12)]
     groups = policy.generate(prompts, SamplingParams())
     assert [g[0].text for g in groups] == [f"p{i}#0" for i in range(12)]
-    assert 1 < fake.max_in_flight <= 3
+    assert fake.max_in_flight in (2, 3)
 
     # The bound holds across threads calling generate at once.
     fake.max_in_flight = 0
