@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -304,7 +305,8 @@ class Batcher:
 class SharpenServer(ThreadingHTTPServer):
     """ThreadingHTTPServer carrying the policy, the limits and the generation worker."""
 
-    daemon_threads = True
+    daemon_threads = False
+    block_on_close = True  # server_close joins every request thread: none outlives the server
     allow_reuse_address = True
 
     policy: Any
@@ -315,6 +317,8 @@ class SharpenServer(ThreadingHTTPServer):
     max_tokens_limit: int
     max_body_bytes: int
     batcher: Batcher
+    open_requests: set
+    open_lock: threading.Lock
 
     @property
     def url(self) -> str:
@@ -329,7 +333,26 @@ class SharpenServer(ThreadingHTTPServer):
             self.task = get_task(self.task_name)
         return self.task
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.open_lock:
+            self.open_requests.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.open_lock:
+            self.open_requests.discard(request)
+        super().shutdown_request(request)
+
     def server_close(self) -> None:
+        """Close the listening socket, end idle keep-alive connections (their threads are
+        blocked reading the next request), join the request threads, stop the worker."""
+        with self.open_lock:
+            idle = list(self.open_requests)
+        for sock in idle:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         super().server_close()
         self.batcher.close()
 
@@ -363,6 +386,7 @@ def make_server(
     server.max_tokens_limit = max_tokens_limit
     server.max_body_bytes = max_body_bytes
     server.batcher = Batcher(policy, window=batch_window)
+    server.open_requests, server.open_lock = set(), threading.Lock()
     return server
 
 
@@ -391,6 +415,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         """Errors found by http.server itself (bad request line, headers) in the JSON shape."""
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # unparsable request line: still send a status line
         err = APIError(code, message or "bad request", type="invalid_request_error" if code < 500 else "server_error")
         try:
             self._send(code, err.body(), close=True)
