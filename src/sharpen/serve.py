@@ -308,6 +308,7 @@ class SharpenServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close joins every request thread: none outlives the server
     allow_reuse_address = True
+    request_queue_size = 256  # listen backlog: the default 5 resets connections under 100 clients
 
     policy: Any
     model_name: str
