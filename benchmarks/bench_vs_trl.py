@@ -300,7 +300,7 @@ def generation_speed(path: Path, task: Task, cfg: RunConfig, reps: int) -> dict:
 
     def sharpen_call(seed: int) -> int:
         params = SamplingParams(n=G, temperature=1.0, top_p=1.0, max_new_tokens=max_new, stop=task.stop, seed=seed)
-        return sum(len(c.token_ids) for group in policy.generate(prompts, params) for c in group)
+        return sum(c.n_tokens for group in policy.generate(prompts, params) for c in group)
 
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                            tokenize=False) for p in prompts]

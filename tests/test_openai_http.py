@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sharpen.models.base import SamplingParams
+from sharpen.models import ModelSpecError, load_policy
+from sharpen.models.base import Completion, SamplingParams
 from sharpen.models.openai_http import HTTPBackendError, OpenAIPolicy
 
 
@@ -20,7 +21,7 @@ class FakeState:
         self.fail_status = 503       # ... with this status
         self.fail_message = "overloaded"
         self.sleep = 0.0             # seconds to wait before answering a POST
-        self.logprobs = False        # include chat logprobs.content
+        self.logprobs = False        # include logprobs (chat: .content, completions: .token_logprobs)
         self.usage = True            # include usage
         self.posts = 0
         self.in_flight = 0
@@ -92,6 +93,8 @@ class FakeHandler(BaseHTTPRequestHandler):
                             {"token": "a", "logprob": -0.5}, {"token": "b", "logprob": -1.5}]}
                 else:
                     choice["text"] = text
+                    if st.logprobs:
+                        choice["logprobs"] = {"tokens": ["a", "b"], "token_logprobs": [-0.5, -1.5]}
                 choices.append(choice)
             payload = {"id": "x", "object": "chat.completion" if chat else "text_completion",
                        "model": body.get("model"), "choices": choices}
@@ -179,6 +182,42 @@ def test_chat_logprobs_and_missing_usage(fake):
     snap = policy.usage.snapshot()
     assert snap["responses_without_usage"] == 1
     assert snap["completion_tokens"] == 4  # counted from the returned logprobs
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_logprobs_are_asked_for_and_count_each_choices_tokens(fake, endpoint):
+    fake.logprobs = True
+    policy = _policy(fake, endpoint=endpoint)
+    (group,) = policy.generate(["a"], SamplingParams(n=2))
+    assert fake.bodies[0]["logprobs"] == (True if endpoint == "chat" else 0)
+    assert all(c.token_ids == () and c.logprobs == (-0.5, -1.5) and c.n_tokens == 2 for c in group)
+
+
+def test_without_logprobs_completions_count_no_tokens(fake):
+    policy = _policy(fake, request_logprobs=False)
+    (group,) = policy.generate(["a"], SamplingParams(n=2))
+    assert "logprobs" not in fake.bodies[0]
+    assert all(c.n_tokens == 0 for c in group)
+    assert policy.usage.completion_tokens == 6  # only the server's usage knows the cost
+
+
+def test_completion_n_tokens_from_ids_or_logprobs():
+    assert Completion("ab", (7, 8), (-0.1, -0.2), "stop").n_tokens == 2  # a local backend: token ids
+    assert Completion("ab", (), (-0.1, -0.2, -0.3), "stop").n_tokens == 3  # a server: one logprob per token
+    assert Completion("ab", (), (), "stop").n_tokens == 0
+
+
+def test_http_model_spec():
+    policy = load_policy("https://api.example.com/v1/#org/model-7b")  # no request is sent
+    assert isinstance(policy, OpenAIPolicy)
+    assert (policy.base_url, policy.model) == ("https://api.example.com/v1", "org/model-7b")
+    assert policy.request_logprobs  # per-completion token counts need them
+    for spec in ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1#"):
+        with pytest.raises(ModelSpecError, match="names no served model.*#default"):
+            load_policy(spec)
+    for spec in ("http:///v1#m", "127.0.0.1:8000/v1#m", "http://[::1/v1#m"):
+        with pytest.raises(ModelSpecError, match="not an HTTP server spec"):
+            OpenAIPolicy.from_spec(spec)
 
 
 def test_retries_after_503_then_succeeds(fake):

@@ -1,4 +1,5 @@
-"""`sharpen serve`: the OpenAI-compatible server on loopback, driven by the official client."""
+"""`sharpen serve`: the OpenAI-compatible server on loopback, driven by the official client
+and by `sharpen compare` through the HTTP backend."""
 
 from __future__ import annotations
 
@@ -17,17 +18,20 @@ openai = pytest.importorskip("openai")
 
 
 class CountingPolicy:
-    """Wraps a policy and records every generate call (prompts per call)."""
+    """Wraps a policy and records every generate call (prompts per call) and the tokens generated."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
         self.calls: list[int] = []
+        self.tokens = 0
         self.lock = threading.Lock()
 
     def generate(self, prompts, params):
+        groups = self.inner.generate(prompts, params)
         with self.lock:
             self.calls.append(len(prompts))
-        return self.inner.generate(prompts, params)
+            self.tokens += sum(c.n_tokens for group in groups for c in group)
+        return groups
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -108,6 +112,39 @@ def test_strategy_model_chat_and_completions(client, policy):
     assert len(policy.calls) > before
     r = client.completions.create(model="debate-2x1/default", prompt="10+20=", n=2)
     assert len(r.choices) == 2 and r.usage.completion_tokens >= 2 * 2
+
+
+def test_chat_logprobs_one_per_generated_token(client):
+    r = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "12+34="}], n=3,
+                                       max_tokens=6, logprobs=True, top_logprobs=0)
+    entries = [c.logprobs.content for c in r.choices]
+    assert all(1 <= len(e) <= 6 for e in entries)
+    assert sum(len(e) for e in entries) == r.usage.completion_tokens
+    for e in entries:
+        assert all(isinstance(t.token, str) and t.logprob <= 0 and t.top_logprobs == [] for t in e)
+    plain = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "1+2="}])
+    assert plain.choices[0].logprobs is None  # only when asked
+
+
+def test_completions_logprobs_zero(client):
+    r = client.completions.create(model="default", prompt=["1+1=", "2+2="], n=2, max_tokens=5, logprobs=0)
+    for c in r.choices:
+        assert len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) >= 1
+        assert all(v <= 0 for v in c.logprobs.token_logprobs)
+    assert sum(len(c.logprobs.token_logprobs) for c in r.choices) == r.usage.completion_tokens
+
+
+def test_logprob_alternatives_and_strategy_logprobs_are_400(client):
+    chat = dict(model="default", messages=[{"role": "user", "content": "1+1="}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**chat, logprobs=True, top_logprobs=3)
+    assert info.value.body["param"] == "top_logprobs" and info.value.body["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="default", prompt="1+1=", logprobs=2)
+    assert info.value.body["param"] == "logprobs" and "only the sampled tokens" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**{**chat, "model": "self_consistency-2/default"}, logprobs=True)
+    assert info.value.body["param"] == "logprobs" and "strategy" in info.value.body["message"]
 
 
 def test_unknown_model_is_404(client):
@@ -192,6 +229,7 @@ BAD_FIELDS = [
     ("top_p", 0), ("top_p", 2), ("top_p", [1]), ("max_tokens", 0), ("max_tokens", "5"), ("max_tokens", 10**9),
     ("max_tokens", 2.5), ("stop", 3), ("stop", [1, 2]), ("stop", ["x"] * 100), ("seed", "s"), ("seed", -1),
     ("seed", 1.5), ("stream", True), ("model", "self_consistency-0/default"), ("model", "debate-64x64/default"),
+    ("logprobs", 1), ("logprobs", "yes"), ("top_logprobs", -1), ("top_logprobs", 21), ("top_logprobs", "3"),
 ]
 
 
@@ -259,6 +297,73 @@ def test_server_error_is_500_with_shape():
         srv.server_close()
     assert status == 500
     assert body["error"]["type"] == "server_error" and "secret" not in body["error"]["message"]
+
+
+# ---- `sharpen compare` through the HTTP backend ---------------------------------------------
+
+
+def test_cli_compare_through_the_http_backend(server, policy, tmp_path, capsys, monkeypatch):
+    import sharpen.models
+    from sharpen.cli import main
+
+    loaded = []  # the OpenAIPolicy the command builds, to read the usage the server reported
+
+    def load_and_keep(spec, **kwargs):
+        loaded.append(load_policy(spec, **kwargs))
+        return loaded[-1]
+
+    load_policy = sharpen.models.load_policy
+    monkeypatch.setattr(sharpen.models, "load_policy", load_and_keep)
+    out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
+    specs = ["single", "self_consistency-4", "best_of_n-4:likelihood"]
+    tokens_before = policy.tokens
+    code = main(["compare", "--model", f"{server.url}#default", "--task", "addition",
+                 "--strategies", ",".join(specs), "--problems", "3", "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    (http,) = loaded
+    usage = http.usage.snapshot()
+    data = json.loads(out.read_text())
+    assert data["model"] == f"{server.url}#default" and data["n_problems"] == 3
+    assert [s["spec"] for s in data["strategies"]] == specs
+    for s in data["strategies"]:
+        assert 0 <= s["accuracy"] <= 1 and len(s["correct"]) == 3
+        assert s["tokens_per_problem"] > 0 and all(t > 0 for t in s["tokens"])
+    # every token a strategy counted is a token the server reported in usage, and generated
+    counted = sum(sum(s["tokens"]) for s in data["strategies"])
+    assert usage["responses_without_usage"] == 0 and usage["retries"] == 0
+    assert counted == usage["completion_tokens"] == policy.tokens - tokens_before
+    assert usage["requests"] == 3 * len(specs)  # one request per problem and strategy (n samples each)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "single" in printed and "self_consistency" in printed and "wrote" in printed  # the table (cells may be cut)
+
+
+@pytest.mark.parametrize("spec, missing", [("best_of_n-4:self_certainty", "tokenizer, encode, score_tokens"),
+                                           ("best_of_n-4:self_judge", "tokenizer, choice_logprobs"),
+                                           ("self_refine-2", "choice_logprobs")])
+def test_cli_compare_over_http_refuses_strategies_that_need_the_model(server, policy, capsys, spec, missing):
+    from sharpen.cli import main
+
+    calls = len(policy.calls)
+    code = main(["compare", "--model", f"{server.url}#default", "--task", "addition",
+                 "--strategies", f"single,{spec}", "--problems", "2"])
+    assert code == 2
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    name = spec.split("-")[0]
+    assert f"strategy '{name}'" in printed and f"OpenAIPolicy has no {missing}" in printed
+    assert "Traceback" not in printed
+    assert len(policy.calls) == calls  # refused before anything was generated
+
+
+def test_cli_compare_over_http_spec_and_server_errors(server, capsys):
+    from sharpen.cli import main
+
+    base = ["compare", "--task", "addition", "--strategies", "single", "--problems", "1"]
+    assert main([*base, "--model", server.url]) == 2
+    assert "names no served model" in " ".join(capsys.readouterr().out.split())
+    assert main([*base, "--model", f"{server.url}#nope"]) == 1
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "model server error" in printed and "HTTP 404" in printed and "'nope' does not exist" in printed
 
 
 def test_cli_has_serve():

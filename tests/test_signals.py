@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import textwrap
+from types import SimpleNamespace
 from typing import Optional
 
 import pytest
@@ -265,6 +266,21 @@ def test_policy_signals_need_a_policy():
             build_signal(name, task=TASK)
 
 
+def test_policy_signals_refuse_a_policy_that_only_samples():
+    class SamplesOnly:  # like OpenAIPolicy: generate, no forward pass of its own
+        def generate(self, prompts, params):
+            raise AssertionError("building a signal generates nothing")
+
+    for name, options, missing in [("self_certainty", {}, "tokenizer, encode, score_tokens"),
+                                   ("likelihood", {"source": "policy"}, "tokenizer, encode, score_tokens"),
+                                   ("self_judge", {}, "tokenizer, choice_logprobs")]:
+        with pytest.raises(SignalOptionError, match=rf"{name}.*SamplesOnly has no {missing}"):
+            build_signal(name, task=TASK, policy=SamplesOnly(), **options)
+    # likelihood from the logprobs that came with the samples needs nothing more
+    likelihood = build_signal("likelihood", task=TASK, policy=SamplesOnly())
+    assert likelihood(PROBLEMS[:1], [[comp("ab", (), (-1.0, -2.0))]]) == [[-1.5]]
+
+
 # ---- the reward composite -----------------------------------------------------------------
 
 
@@ -428,4 +444,5 @@ def test_unknown_option_lists_the_options():
     with pytest.raises(SignalOptionError, match=r"no option 'patern'.*pattern"):
         build_signal("format", task=TASK, patern="x")
     with pytest.raises(SignalOptionError, match=r"'batch_size'"):
-        build_signal("self_certainty", task=TASK, policy=object(), batch_size=0)
+        scorer = SimpleNamespace(tokenizer=None, encode=None, score_tokens=None)  # never called
+        build_signal("self_certainty", task=TASK, policy=scorer, batch_size=0)

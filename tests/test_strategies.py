@@ -154,6 +154,14 @@ def test_best_of_n_refuses_the_oracle_signal_unless_allowed():
     assert result.answer == "95"
 
 
+def test_best_of_n_names_itself_when_its_signal_needs_what_the_policy_lacks():
+    policy = Scripted(lambda p, c, j: "95")  # samples only, like a policy behind an HTTP server
+    with pytest.raises(StrategyOptionError,
+                       match="strategy 'best_of_n': signal 'self_certainty'.*has no tokenizer, encode, score_tokens"):
+        build_strategy("best_of_n", policy=policy, task=TASK, n=3, signal="self_certainty")
+    assert policy.calls == []
+
+
 def test_best_of_n_with_a_label_free_signal_by_name():
     policy = Scripted(lambda p, c, j: ["94", "95", "95"][j])
     (result,) = build_strategy("best_of_n", policy=policy, task=TASK, n=3, signal="majority_vote")([A])

@@ -13,6 +13,10 @@ from rich.console import Console
 
 console = Console()
 
+MODEL_HELP = ("'default' (the embedded model), a local HF checkpoint path, or an OpenAI-compatible server "
+              "as URL#MODEL, e.g. http://127.0.0.1:8000/v1#default (what `sharpen serve` serves; generation "
+              "only: strategies that score with the model itself, such as best_of_n-N:self_certainty, refuse it)")
+
 
 class CliError(Exception):
     """A user mistake on the command line; printed without a stack trace."""
@@ -160,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="measure a model on a task: pass@k, maj@k, accuracy with 95%% intervals")
-    p.add_argument("--model", default="default", help="'default' (the embedded model) or a local HF checkpoint path")
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
     p.add_argument("--problems", type=int, default=200, help="number of problems")
@@ -174,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare inference-time strategies: accuracy with 95%% intervals, "
                        "tokens per problem, paired significance")
-    p.add_argument("--model", default="default", help="'default' (the embedded model) or a local HF checkpoint path")
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
     p.add_argument("--strategies", required=True,
@@ -212,6 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from sharpen.config import ConfigError
     from sharpen.loop import RunStopped
+    from sharpen.models import ModelSpecError
+    from sharpen.models.openai_http import HTTPBackendError
     from sharpen.signals import RewardFunctionError, SignalOptionError, UnknownSignalError
     from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
 
@@ -220,7 +226,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RunStopped as err:
         console.print(f"[red]run stopped:[/red] {err}", highlight=False)
         return 1
-    except (CliError, ConfigError, TaskDataError, TaskOptionError, UnknownTaskError,
+    except HTTPBackendError as err:
+        console.print(f"[red]model server error:[/red] {err}", highlight=False)
+        return 1
+    except (CliError, ConfigError, ModelSpecError, TaskDataError, TaskOptionError, UnknownTaskError,
             UnknownSignalError, SignalOptionError, RewardFunctionError) as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 2

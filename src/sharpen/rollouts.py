@@ -40,7 +40,7 @@ class RolloutBatch:
 
     @property
     def generated_tokens(self) -> int:
-        return sum(len(c.token_ids) for r in self.rollouts for c in r.completions)
+        return sum(c.n_tokens for r in self.rollouts for c in r.completions)
 
 
 class RolloutProducer(Protocol):

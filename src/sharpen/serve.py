@@ -12,6 +12,14 @@ A request's `model` is either the served model's name (plain sampling) or
 `sharpen.strategies.registry`) answers the last user message as a Problem of the server's
 task, and usage counts every token the strategy generated.
 
+Logprobs: `logprobs: true` (chat) or `logprobs: 0` (completions) returns each choice's
+sampled tokens with their log-probabilities under the model at temperature 1, in OpenAI's
+shapes (chat `choices[i].logprobs.content[j].{token, logprob}`, completions
+`choices[i].logprobs.{tokens, token_logprobs}`); one entry per generated token, so they sum
+to usage.completion_tokens. Alternatives are not computed: `top_logprobs` > 0 (chat) or
+`logprobs` > 0 (completions) is a 400, and so is asking a strategy model for logprobs (its
+answer is picked among many samples, whose tokens are all in usage).
+
 All generation runs on one worker thread. Plain requests arriving within `batch_window`
 seconds of each other with the same sampling settings share one `policy.generate` call;
 requests with a fixed `seed` run alone, so a seed gives the same answer however busy the
@@ -98,6 +106,8 @@ class Request:
     max_tokens: Optional[int]
     stop: Optional[tuple[str, ...]]
     seed: Optional[int]
+    logprobs: bool
+    """Return the sampled tokens' logprobs with each choice."""
 
 
 def parse_request(body: Any, *, chat: bool, max_n: int, max_tokens_limit: int) -> Request:
@@ -173,7 +183,26 @@ def parse_request(body: Any, *, chat: bool, max_n: int, max_tokens_limit: int) -
         raise bad("'seed' must be a non-negative integer", "seed")
 
     return Request(chat=chat, model=model, prompts=prompts, n=n, temperature=temperature, top_p=top_p,
-                   max_tokens=max_tokens, stop=stop, seed=seed)
+                   max_tokens=max_tokens, stop=stop, seed=seed, logprobs=_wants_logprobs(body, chat))
+
+
+def _wants_logprobs(body: dict, chat: bool) -> bool:
+    """Chat: `logprobs` true/false with `top_logprobs` 0 or absent. Completions: `logprobs`
+    0 (absent: none). Alternatives (a count > 0) are not computed: 400."""
+    logprobs = body.get("logprobs")
+    if chat:
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise bad("'logprobs' must be true or false", "logprobs")
+        top, name, limit = body.get("top_logprobs"), "top_logprobs", 20
+    else:
+        top, name, limit = logprobs, "logprobs", 5
+    if top is not None:
+        if not _is_int(top) or not 0 <= top <= limit:
+            raise bad(f"'{name}' must be an integer between 0 and {limit}", name)
+        if top > 0:
+            raise bad(f"'{name}' must be 0: only the sampled tokens' logprobs are returned, not the "
+                      "most likely alternatives", name, "unsupported_parameter")
+    return bool(logprobs) if chat else logprobs is not None
 
 
 def _content(content: Any, where: str) -> str:
@@ -188,6 +217,32 @@ def _content(content: Any, where: str) -> str:
             texts.append(part["text"])
         return "".join(texts)
     raise bad(f"{where} must be a string or a list of text parts", where)
+
+
+# ---- logprobs -------------------------------------------------------------------------------
+
+Choice = tuple[str, str, Optional[dict]]
+"""(text, finish_reason, logprobs object or None) of one choice."""
+
+UNLIKELY = -9999.0
+"""Stands for a logprob of -inf, which JSON cannot carry (OpenAI uses the same value)."""
+
+
+def openai_logprobs(policy: Any, completion: Completion, chat: bool) -> dict:
+    """OpenAI's logprobs object for one choice: every generated token (a final end-of-sequence
+    token included) with its logprob, and no alternatives. Token texts come from
+    `policy.piece(token_id)`; a policy without it, or without token ids, gives empty texts."""
+    values = [v if math.isfinite(v) else UNLIKELY for v in completion.logprobs]
+    piece = getattr(policy, "piece", None)
+    if piece is not None and len(completion.token_ids) == len(values):
+        tokens = [piece(t) for t in completion.token_ids]
+    else:
+        tokens = [""] * len(values)
+    if chat:
+        content = [{"token": t, "logprob": v, "bytes": list(t.encode("utf-8")), "top_logprobs": []}
+                   for t, v in zip(tokens, values)]
+        return {"content": content, "refusal": None}
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": None}
 
 
 # ---- the generation worker ------------------------------------------------------------------
@@ -208,7 +263,8 @@ class _Job:
 
 class Batcher:
     """One worker thread that owns the policy: plain requests with equal sampling settings
-    arriving within `window` seconds share one generate call; jobs (strategies) run alone."""
+    arriving within `window` seconds share one generate call; jobs (strategies, logprobs' token
+    texts) run alone."""
 
     def __init__(self, policy: Any, *, window: float = 0.005, max_rows: int = 256) -> None:
         self.policy = policy
@@ -516,8 +572,8 @@ class Handler(BaseHTTPRequestHandler):
                            f"'STRATEGY/{srv.model_name}', e.g. 'self_consistency-8/{srv.model_name}'",
                            param="model", code="model_not_found")
         out = []
-        for index, (text, finish_reason) in enumerate(choices):
-            choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": None}
+        for index, (text, finish_reason, logprobs) in enumerate(choices):
+            choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": logprobs}
             if chat:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
@@ -544,31 +600,37 @@ class Handler(BaseHTTPRequestHandler):
             seed=req.seed,
         )
 
-    def _plain(self, req: Request) -> tuple[list[tuple[str, str]], tuple[int, int]]:
-        params = self._params(req, req.n, min(DEFAULT_MAX_TOKENS, self.server.max_tokens_limit), ())
-        choices: list[tuple[str, str]] = []
-        prompt_tokens = completion_tokens = 0
+    def _plain(self, req: Request) -> tuple[list[Choice], tuple[int, int]]:
+        srv = self.server
+        params = self._params(req, req.n, min(DEFAULT_MAX_TOKENS, srv.max_tokens_limit), ())
         # Several prompts of one completions request go in separately, so the batcher can
         # also merge them with other requests' prompts.
         futures = []
         for prompt in req.prompts:
             future: Future = Future()
-            self.server.batcher.queue.put(_Plain(prompt, params, future))
+            srv.batcher.queue.put(_Plain(prompt, params, future))
             futures.append(future)
+        completions: list[Completion] = []
+        prompt_tokens = 0
         for future in futures:
             group, count = future.result()
+            completions.extend(group)
             prompt_tokens += count
-            for c in group:
-                choices.append((c.text, c.finish_reason))
-                completion_tokens += len(c.token_ids)
-        return choices, (prompt_tokens, completion_tokens)
+        logprobs: list[Optional[dict]] = [None] * len(completions)
+        if req.logprobs:  # token texts come from the tokenizer, which the worker thread owns
+            logprobs = srv.batcher.call(lambda: [openai_logprobs(srv.policy, c, req.chat) for c in completions])
+        choices = [(c.text, c.finish_reason, lp) for c, lp in zip(completions, logprobs)]
+        return choices, (prompt_tokens, sum(c.n_tokens for c in completions))
 
-    def _strategy(self, req: Request, spec: str) -> tuple[list[tuple[str, str]], tuple[int, int]]:
+    def _strategy(self, req: Request, spec: str) -> tuple[list[Choice], tuple[int, int]]:
         from sharpen.strategies import (STRATEGIES, StrategyOptionError, StrategySpecError,
                                         UnknownStrategyError, build_strategy, parse_strategy_spec)
         from sharpen.strategies.registry import strategy_options
 
         srv = self.server
+        if req.logprobs:
+            raise bad(f"model {req.model!r} returns no logprobs: a strategy's answer is picked among many "
+                      f"samples; ask model {srv.model_name!r} for logprobs", "logprobs", "unsupported_parameter")
         try:
             name, options = parse_strategy_spec(spec)
         except StrategySpecError as err:
@@ -609,5 +671,5 @@ class Handler(BaseHTTPRequestHandler):
             return strategy(problems), srv.batcher.prompt_tokens(text)
 
         results, prompt_tokens = srv.batcher.call(run)
-        choices = [(r.text, "stop") for r in results]
+        choices: list[Choice] = [(r.text, "stop", None) for r in results]
         return choices, (prompt_tokens, sum(r.tokens for r in results))

@@ -131,7 +131,7 @@ def score_group(
         completions=texts,
         answers=answers,
         correct=tuple(v.correct for v in verdicts),
-        tokens=sum(len(c.token_ids) for c in completions),
+        tokens=sum(c.n_tokens for c in completions),
         metrics=metrics,
     )
 

@@ -1,6 +1,13 @@
 """Policies: what generates completions (and, when trainable, scores them).
 
 The transformers backend is imported on first use, so the records stay cheap to import.
+
+A model spec (`load_policy`, `--model`) is one of
+    "default"                          the embedded model (built and cached on first use)
+    a local path                       a Hugging Face checkpoint
+    "http(s)://HOST:PORT/PREFIX#MODEL" an OpenAI-compatible server, e.g. `sharpen serve`'s
+                                       "http://127.0.0.1:8000/v1#default" (generation only:
+                                       see sharpen.models.openai_http)
 """
 
 from __future__ import annotations
@@ -8,12 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from sharpen.models.base import Completion, Policy, SamplingParams, TokenScores
+from sharpen.models.base import Completion, ModelSpecError, Policy, SamplingParams, TokenScores
 
 if TYPE_CHECKING:
     from sharpen.models.hf import HFPolicy
+    from sharpen.models.openai_http import OpenAIPolicy
 
-# HTTP backend for OpenAI-compatible servers: sharpen.models.openai_http.OpenAIPolicy
+HTTP_SCHEMES = ("http://", "https://")
 
 
 def resolve_model(spec: str, progress: bool = True) -> Path | str:
@@ -26,11 +34,16 @@ def resolve_model(spec: str, progress: bool = True) -> Path | str:
 
 
 def load_policy(spec: str = "default", *, device: Optional[str] = None, seed: int = 0,
-                progress: bool = True) -> "HFPolicy":
-    """A policy from "default" (the embedded model) or a local HF checkpoint path."""
+                progress: bool = True) -> "HFPolicy | OpenAIPolicy":
+    """A policy from a model spec (see the module docstring). `device` and `seed` (the
+    sampling generator's) apply to local models; a server samples with its own."""
+    if spec.startswith(HTTP_SCHEMES):
+        from sharpen.models.openai_http import OpenAIPolicy
+
+        return OpenAIPolicy.from_spec(spec)
     from sharpen.models.hf import HFPolicy
 
     return HFPolicy.load(resolve_model(spec, progress=progress), device=device, seed=seed)
 
 
-__all__ = ["Completion", "Policy", "SamplingParams", "TokenScores", "load_policy", "resolve_model"]
+__all__ = ["Completion", "ModelSpecError", "Policy", "SamplingParams", "TokenScores", "load_policy", "resolve_model"]

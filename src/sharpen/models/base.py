@@ -52,6 +52,17 @@ class Completion:
     finish_reason: str
     """"stop" (end-of-sequence or a stop string) or "length" (max_new_tokens reached)."""
 
+    @property
+    def n_tokens(self) -> int:
+        """Generated tokens: one per token id, or, from a backend that returns no ids (an
+        OpenAI-compatible server), one per logprob; 0 when the backend reported neither.
+        Every count of generated tokens (strategies, evaluation, the server's usage) reads this."""
+        return len(self.token_ids) or len(self.logprobs)
+
+
+class ModelSpecError(ValueError):
+    """A model spec (what `load_policy` and `--model` take) cannot be used."""
+
 
 @dataclass
 class TokenScores:

@@ -3,19 +3,30 @@
 Only the standard library speaks HTTP here (`urllib.request`), and requests run in a
 thread pool, one request per prompt, at most `max_concurrency` in flight per policy.
 
+    policy = OpenAIPolicy("http://127.0.0.1:8000/v1", "default")
+    policy = load_policy("http://127.0.0.1:8000/v1#default")       # the same, as a model spec
+
 Token accounting. The OpenAI API reports `usage` once per *request*, i.e. per prompt
-group of `n` choices, and gives no per-choice token count. `OpenAIPolicy.usage` therefore
-adds up the server's totals (`prompt_tokens`, `completion_tokens`) per request; nothing
-is split among the choices and no `Completion` carries an invented count. Consequences:
+group of `n` choices, and gives no per-choice token count, nor token ids. Per choice, the
+policy asks for the sampled tokens' logprobs (`request_logprobs=True`, the default), one
+per generated token, so `Completion.n_tokens` (what strategies and evaluation count) is
+exact. `OpenAIPolicy.usage` adds up the server's totals (`prompt_tokens`,
+`completion_tokens`) per request; nothing is split among the choices and no `Completion`
+carries an invented count. Consequences:
 
 * the totals are exact whenever the server reports `usage` (cost of a call is
-  `usage.completion_tokens` after minus before);
-* a strategy that needs per-completion lengths should use `len(completion.logprobs)`,
-  which is exact when the server returned logprobs (`request_logprobs=True`), and
-  otherwise an even split `completion_tokens / n` of the request is the only estimate;
+  `usage.completion_tokens` after minus before), and equal the sum of `n_tokens` over the
+  returned completions when the server also returned logprobs;
+* with `request_logprobs=False` (for a server that refuses logprobs) every completion
+  counts 0 tokens; only `usage` then knows the cost;
 * a response without `usage` is counted in `usage.responses_without_usage`; its
-  completion tokens are then taken as the number of logprobs returned (0 if none), so
-  the totals are a lower bound in that case.
+  completion tokens are then the sum of the completions' `n_tokens`, so the totals are a
+  lower bound in that case.
+
+What the policy cannot do: it has no tokenizer and no forward pass of its own, so signals
+and strategies that score completions with the model (`self_certainty`, `self_judge`,
+`likelihood` with source="policy", `self_refine`) refuse it when they are built.
+`likelihood` with source="completion" reads the returned logprobs and works.
 """
 
 from __future__ import annotations
@@ -26,17 +37,21 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from sharpen.models.base import Completion, SamplingParams
+from sharpen.models.base import Completion, ModelSpecError, SamplingParams
 from sharpen.models.formats import as_messages
 from sharpen.tasks.base import Prompt
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 """Statuses retried besides every 5xx (request timeout, conflict, rate limit)."""
+
+HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL"
+"""The model-spec form of an OpenAI-compatible server: base URL, '#', served model name."""
 
 
 class HTTPBackendError(RuntimeError):
@@ -187,13 +202,14 @@ class OpenAIPolicy:
     `SamplingParams.seed` is sent unchanged with every prompt of a call; reproducibility
     then depends on the server. Server-side logprobs (`request_logprobs=True`) are
     whatever the server reports, which may be under the sampling temperature rather than
-    temperature 1 as `Completion.logprobs` documents for local backends.
+    temperature 1 as `Completion.logprobs` documents for local backends (`sharpen serve`
+    reports them at temperature 1).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: Optional[str] = None,
                  timeout: float = 60.0, max_retries: int = 3, backoff: float = 0.5,
                  max_concurrency: int = 8, endpoint: str = "chat",
-                 request_logprobs: bool = False,
+                 request_logprobs: bool = True,
                  extra_body: Optional[dict[str, Any]] = None):
         if endpoint not in ("chat", "completions"):
             raise ValueError(f'endpoint must be "chat" or "completions", got {endpoint!r}')
@@ -214,6 +230,25 @@ class OpenAIPolicy:
         self.usage = TokenUsage()
         # Bounds requests in flight even when several threads call generate() at once.
         self._slots = threading.BoundedSemaphore(max_concurrency)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "OpenAIPolicy":
+        """The policy (default settings) for a model spec "http(s)://HOST:PORT/PREFIX#MODEL":
+        the base URL before '#', the name the server serves the model under after it, e.g.
+        "http://127.0.0.1:8000/v1#default"."""
+        base_url, _, model = spec.partition("#")
+        try:
+            parts = urllib.parse.urlsplit(base_url)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ModelSpecError(f"model spec {spec!r} is not an HTTP server spec {HTTP_SPEC}")
+        if not model:
+            raise ModelSpecError(
+                f"model spec {spec!r} names no served model: add the server's model name after '#', "
+                f"e.g. {base_url.rstrip('/')}#default (GET {base_url.rstrip('/')}/models lists them)"
+            )
+        return cls(base_url, model)
 
     def __repr__(self) -> str:
         return f"OpenAIPolicy({self.base_url!r}, {self.model!r}, endpoint={self.endpoint!r})"
@@ -319,7 +354,7 @@ class OpenAIPolicy:
             self.usage.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
                            completion_tokens=int(usage["completion_tokens"]), requests=1)
         else:
-            self.usage.add(completion_tokens=sum(len(c.logprobs) for c in completions),
+            self.usage.add(completion_tokens=sum(c.n_tokens for c in completions),
                            requests=1, responses_without_usage=1)
         return completions
 

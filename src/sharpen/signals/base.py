@@ -90,12 +90,21 @@ def check_groups(who: str, problems: Sequence[Problem], groups: Sequence[Sequenc
         )
 
 
-def require_policy(who: str, policy: Optional[object]) -> object:
-    """The policy, or a SignalOptionError saying that `who` needs one."""
+def require_policy(who: str, policy: Optional[object], needs: Sequence[str]) -> object:
+    """The policy, or a SignalOptionError saying that `who` needs one, or needs the
+    attributes `needs` (of ScoringPolicy) which it lacks, e.g. a policy behind an HTTP server."""
     if policy is None:
         raise SignalOptionError(
             f"signal {who!r} scores completions with the policy itself, but no policy was given; "
             "pass policy=… to build_signal / Reward.from_specs."
+        )
+    missing = [name for name in needs if not hasattr(policy, name)]
+    if missing:
+        raise SignalOptionError(
+            f"signal {who!r} scores completions with the model's own forward pass, but "
+            f"{type(policy).__name__} has no {', '.join(missing)} (an HTTP server only samples); use a "
+            "local model, or a signal that needs no forward pass, such as likelihood (source='completion': "
+            "the logprobs returned with the samples) or majority_vote"
         )
     return policy
 

@@ -23,8 +23,12 @@ from typing import Optional, Sequence
 import torch
 
 from sharpen.models.base import Completion
-from sharpen.signals.base import Score, Scores, ScoringPolicy, SignalOptionError, check_groups, regroup
+from sharpen.signals.base import (Score, Scores, ScoringPolicy, SignalOptionError, check_groups, regroup,
+                                  require_policy)
 from sharpen.tasks.base import Problem
+
+SCORING = ("tokenizer", "encode", "score_tokens")
+"""What scoring completions with the policy (`mean_token_scores`) needs from it."""
 
 
 def completion_ids(policy: ScoringPolicy, completion: Completion) -> list[int]:
@@ -113,6 +117,8 @@ class Likelihood:
                 f"signal {self.name!r} with source='policy' rescores completions with the policy, but no "
                 "policy was given; pass policy=… or use source='completion'."
             )
+        if self.source == "policy":
+            require_policy(self.name, self.policy, SCORING)
         _check_batch_size(self.name, self.batch_size)
 
     def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:

@@ -20,6 +20,9 @@ from sharpen.models.formats import JUDGE_NO, JUDGE_YES, judge_messages
 from sharpen.signals.base import Scores, ScoringPolicy, SignalOptionError, check_groups, regroup
 from sharpen.tasks.base import Problem
 
+JUDGING = ("tokenizer", "choice_logprobs")
+"""What judging with the policy needs from it."""
+
 
 @dataclass
 class SelfJudge:

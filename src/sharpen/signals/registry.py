@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 
 from sharpen.models.formats import JUDGE_NO, JUDGE_YES
 from sharpen.signals.base import ScoringPolicy, Signal, SignalOptionError, UnknownSignalError, require_policy
-from sharpen.signals.confidence import Likelihood, SelfCertainty
-from sharpen.signals.judge import SelfJudge
+from sharpen.signals.confidence import SCORING, Likelihood, SelfCertainty
+from sharpen.signals.judge import JUDGING, SelfJudge
 from sharpen.signals.majority import MajorityVote
 from sharpen.signals.user import UserFunction, is_function_spec, load_reward_function
 from sharpen.signals.verifier import Correctness, Format
@@ -39,7 +39,7 @@ def majority_vote(task: Task, policy: Optional[ScoringPolicy], min_share: float 
 
 
 def self_certainty(task: Task, policy: Optional[ScoringPolicy], batch_size: int = 64) -> Signal:
-    return SelfCertainty(require_policy("self_certainty", policy), batch_size=batch_size)
+    return SelfCertainty(require_policy("self_certainty", policy, SCORING), batch_size=batch_size)
 
 
 def likelihood(
@@ -49,7 +49,7 @@ def likelihood(
 
 
 def self_judge(task: Task, policy: Optional[ScoringPolicy], yes: str = JUDGE_YES, no: str = JUDGE_NO) -> Signal:
-    return SelfJudge(require_policy("self_judge", policy), yes=yes, no=no)
+    return SelfJudge(require_policy("self_judge", policy, JUDGING), yes=yes, no=no)
 
 
 SIGNALS: dict[str, SignalFactory] = {

@@ -44,7 +44,7 @@ class Call:
     @property
     def tokens(self) -> int:
         """Generated tokens in this call (a judge call generates none)."""
-        return sum(len(c.token_ids) for group in self.completions for c in group)
+        return sum(c.n_tokens for group in self.completions for c in group)
 
 
 @dataclass

@@ -30,6 +30,7 @@ import re
 from typing import Any, Callable, Optional
 
 from sharpen.models.base import Policy, SamplingParams
+from sharpen.signals.base import SignalOptionError
 from sharpen.signals.registry import build_signal
 from sharpen.strategies.base import Strategy, StrategyOptionError, StrategySpecError, UnknownStrategyError
 from sharpen.strategies.debate import Debate
@@ -51,9 +52,13 @@ def best_of_n(
     allow_oracle: bool = False,
     params: Optional[SamplingParams] = None,
 ) -> Strategy:
-    """Best-of-N with the signal registered as `signal` (built with this policy and task)."""
+    """Best-of-N with the signal registered as `signal` (built with this policy and task).
+    A signal the policy cannot serve (e.g. self_certainty over HTTP) is a StrategyOptionError."""
     refuse_oracle(signal, allow_oracle)  # before building anything
-    scorer = build_signal(signal, task=task, policy=policy, **(signal_options or {}))
+    try:
+        scorer = build_signal(signal, task=task, policy=policy, **(signal_options or {}))
+    except SignalOptionError as err:
+        raise StrategyOptionError(f"strategy 'best_of_n': {err}") from None
     return BestOfN(policy, task, signal=scorer, n=n, params=params, allow_oracle=allow_oracle)
 
 
