@@ -135,3 +135,24 @@ def test_every_field_must_be_described():
         class Bad(ConfigModel):
             lr: float = 1e-3
             seed: int = Field(0, description="Seed.")
+
+
+def test_learner_sections_of_every_kind_report_file_line_and_key(tmp_path):
+    from sharpen.loop import RunConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 3\nlearner:\n  kind: preference\n  loss: dpo\n  betta: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, RunConfig)
+    message = str(info.value)
+    assert f"{path}:5: learner.betta: unknown key; known keys there: kind, loss, pairs" in message
+    cfg = load_config(_write(tmp_path, "steps: 3\nlearner: {kind: preference}\n"), RunConfig, ["learner.beta=0.3"])
+    assert cfg.learner.kind == "preference" and cfg.learner.beta == 0.3
+    with pytest.raises(ConfigError, match=r"unknown key 'learner.betta'; known keys there: .*advantage.*beta"):
+        load_config(_write(tmp_path, "steps: 3\n"), RunConfig, ["learner.betta=0.3"])
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "written.yaml"
+    path.write_text(text)
+    return path

@@ -21,5 +21,12 @@ def test_example_config_is_valid_and_says_how_to_run_it(path):
 
 
 def test_every_advantage_estimator_has_an_example():
-    used = {load_config(p, RunConfig).learner.advantage for p in EXAMPLES}
+    learners = [load_config(p, RunConfig).learner for p in EXAMPLES]
+    used = {learner.advantage for learner in learners if learner.kind == "policy_gradient"}
     assert set(ADVANTAGE_ESTIMATORS) - {"signed"} <= used
+
+
+def test_every_learner_kind_has_an_example():
+    from sharpen.loop import LEARNERS
+
+    assert {load_config(p, RunConfig).learner.kind for p in EXAMPLES} == set(LEARNERS)

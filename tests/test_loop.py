@@ -65,8 +65,17 @@ def test_problem_batches_depend_only_on_seed_and_step():
     assert problem_batch(pool, 0, 5, 8) != problem_batch(pool, 0, 6, 8)
 
 
-def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
-    cfg = write_config(tmp_path, tiny_model_dir, extra="log_completions: 1\n")
+LEARNER_SECTIONS = {
+    "policy_gradient": "",
+    "rest_em": "learner: {kind: rejection_sampling, select: best, restart_from_base: true, batch_size: 3}\n",
+    "irpo": "learner: {kind: preference, loss: irpo, pairs: judge, reference: base, batch_size: 2}\n"
+            "rewards: [{name: likelihood}]\n",
+}
+
+
+@pytest.mark.parametrize("learner", LEARNER_SECTIONS)
+def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, learner):
+    cfg = write_config(tmp_path, tiny_model_dir, extra="log_completions: 1\n" + LEARNER_SECTIONS[learner])
     straight = run(cfg, [f"run_dir={tmp_path / 'straight'}"], progress=False)
 
     run_dir = tmp_path / "killed"
@@ -91,6 +100,8 @@ def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path, tiny
     assert final == straight["final"]
     straight_rewards = [r.value for r in RunStore(tmp_path / "straight").metrics("reward/mean")]
     assert [r.value for r in store.metrics("reward/mean")] == straight_rewards
+    trained = store.metrics("sft/updates") + store.metrics("pairs/updates") + store.metrics("update_seconds")
+    assert sum(r.value > 0 for r in trained) >= 3  # the learner did update, so resuming had state to restore
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
@@ -115,8 +126,17 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert "step-000002" in str(info.value)
 
 
-@pytest.mark.parametrize("signal", ["majority_vote", "likelihood", "self_certainty", "self_judge"])
-def test_label_free_training_never_reads_a_reference(tmp_path, tiny_model_dir, signal):
+LABEL_FREE_RUNS = [
+    *[(signal, {"kl_coef": 0.1}) for signal in ("majority_vote", "likelihood", "self_certainty", "self_judge")],
+    ("likelihood", {"kind": "rejection_sampling", "select": "best"}),  # sharpening SFT
+    ("self_judge", {"kind": "rejection_sampling", "select": "best"}),
+    ("majority_vote", {"kind": "preference", "pairs": "consistency"}),  # ScPO
+    ("self_judge", {"kind": "preference", "pairs": "judge"}),  # Self-Rewarding
+]
+
+
+@pytest.mark.parametrize("signal,learner", LABEL_FREE_RUNS)
+def test_label_free_training_never_reads_a_reference(tmp_path, tiny_model_dir, signal, learner):
     task_file = tmp_path / "blind.py"
     task_file.write_text(
         "import dataclasses\n"
@@ -133,10 +153,14 @@ def test_label_free_training_never_reads_a_reference(tmp_path, tiny_model_dir, s
 
     cfg = RunConfig.model_validate({
         "model": str(tiny_model_dir), "steps": 2, "problems_per_step": 4, "sampling": {"group_size": 4},
-        "task": {"name": f"{task_file}:make", "options": {}}, "rewards": [{"name": signal}], "learner": {"kl_coef": 0.1},
+        "task": {"name": f"{task_file}:make", "options": {}}, "rewards": [{"name": signal}], "learner": learner,
     })
     trainer = Trainer(cfg, tmp_path / "blind", progress=False)
     assert all(p.answer is None for p in trainer.pool)
+    updated = 0.0
     for step in (1, 2):
-        metrics = trainer.train_step(step)
+        metrics = trainer.train_step(step).metrics
+        updated += metrics.get("sft/updates", 0) + metrics.get("pairs/updates", 0)
         assert "train/accuracy" not in metrics and math.isfinite(metrics["reward/mean"])
+    if learner.get("kind") == "rejection_sampling":
+        assert updated > 0  # the learner did train, on labels it never saw

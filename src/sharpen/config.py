@@ -44,12 +44,48 @@ class ConfigModel(BaseModel):
             )
 
 
-def _submodel(annotation: Any) -> Optional[type[BaseModel]]:
-    """The model class behind a field annotation (`M` or `Optional[M]`), else None."""
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """Every model class a field can hold: `M`, `Optional[M]`, or each member of a union of models."""
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
-        return annotation
-    models = [a for a in typing.get_args(annotation) if inspect.isclass(a) and issubclass(a, BaseModel)]
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _models_of(a)]
+
+
+def _kind(model: type[BaseModel]) -> Optional[str]:
+    """The tag of a union member: the value of its `kind: Literal[...]` field."""
+    field = model.model_fields.get("kind")
+    values = typing.get_args(field.annotation) if field is not None else ()
+    return values[0] if values else None
+
+
+def _submodel(annotation: Any, tag: Optional[str] = None) -> Optional[type[BaseModel]]:
+    """The model class behind a field annotation (`M` or `Optional[M]`; in a union of models
+    the member whose kind is `tag`), else None."""
+    models = _models_of(annotation)
+    if len(models) > 1:
+        models = [m for m in models if _kind(m) == tag]
     return models[0] if len(models) == 1 else None
+
+
+def _without_tags(schema: type[BaseModel], loc: Sequence[Union[str, int]]) -> list[Union[str, int]]:
+    """A validation error's location without the union tags pydantic puts in it
+    (('learner', 'preference', 'lr') → ['learner', 'lr']), so it matches the YAML keys."""
+    out: list[Union[str, int]] = []
+    model: Optional[type[BaseModel]] = schema
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        out.append(part)
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
+            model = None
+            continue
+        members = _models_of(field.annotation)
+        if len(members) > 1 and parts and parts[0] in {_kind(m) for m in members}:
+            model = _submodel(field.annotation, parts.pop(0))
+        else:
+            model = _submodel(field.annotation)
+    return out
 
 
 def _is_mapping(annotation: Any) -> bool:
@@ -58,13 +94,18 @@ def _is_mapping(annotation: Any) -> bool:
     return any(a is dict or typing.get_origin(a) is dict for a in candidates)
 
 
-def _model_at(schema: type[BaseModel], parts: Sequence[str]) -> Optional[type[BaseModel]]:
-    """The model that holds the keys under `parts`, or None when it is free-form or not a model."""
+def _model_at(schema: type[BaseModel], parts: Sequence[str], data: Any = None) -> Optional[type[BaseModel]]:
+    """The model that holds the keys under `parts`, or None when it is free-form or not a model.
+    In a union of models the member is the one whose kind `data` (the config as read) names,
+    else the kind of the field's default."""
     model: Optional[type[BaseModel]] = schema
     for part in parts:
         if model is None or part not in model.model_fields:
             return None
-        model = _submodel(model.model_fields[part].annotation)
+        field = model.model_fields[part]
+        data = data.get(part) if isinstance(data, dict) else None
+        tag = data.get("kind") if isinstance(data, dict) else None
+        model = _submodel(field.annotation, tag or getattr(field.get_default(call_default_factory=True), "kind", None))
     return model
 
 
@@ -81,6 +122,15 @@ def _check_override_key(schema: type[BaseModel], parts: list[str], override: str
                 f"command-line override {override!r}: unknown key {here!r}; known keys there: {known}"
             )
         annotation = model.model_fields[part].annotation
+        members = _models_of(annotation)
+        if len(members) > 1 and i < len(parts) - 1:  # a union of models: any member's key
+            known = {k for m in members for k in m.model_fields}
+            if parts[i + 1] not in known:
+                raise ConfigError(
+                    f"command-line override {override!r}: unknown key {here + '.' + parts[i + 1]!r}; "
+                    f"known keys there: {', '.join(sorted(known))}"
+                )
+            return
         model = _submodel(annotation)
         if model is None and i < len(parts) - 1 and not _is_mapping(annotation):
             raise ConfigError(
@@ -137,13 +187,14 @@ def _describe(
     root: Optional[yaml.Node],
     schema: type[BaseModel],
     overrides: dict[str, str],
+    data: dict[str, Any],
 ) -> str:
     """One line per validation error: where (file:line or override), dotted key, problem."""
-    loc = error["loc"]
+    loc = _without_tags(schema, error["loc"])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     problem = error["msg"]
     if error["type"] == "extra_forbidden":
-        parent = _model_at(schema, [str(p) for p in loc[:-1]])
+        parent = _model_at(schema, [str(p) for p in loc[:-1]], data)
         known = f"; known keys there: {', '.join(parent.model_fields)}" if parent is not None else ""
         problem = f"unknown key{known}"
     elif error["type"] != "missing":
@@ -188,7 +239,7 @@ def load_config(path: Union[str, Path], schema: type[C], overrides: Sequence[str
     try:
         return schema.model_validate(data)
     except ValidationError as e:
-        lines = [_describe(err, path, root, schema, applied) for err in e.errors()]
+        lines = [_describe(err, path, root, schema, applied, data) for err in e.errors()]
         raise ConfigError(f"invalid config {path}:\n  " + "\n  ".join(lines)) from None
 
 

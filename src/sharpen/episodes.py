@@ -56,7 +56,7 @@ class Turn:
     @property
     def tokens(self) -> int:
         """Tokens generated in this turn."""
-        return len(self.completion.token_ids)
+        return self.completion.n_tokens
 
 
 @dataclass(frozen=True)

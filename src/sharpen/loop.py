@@ -17,17 +17,20 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional, Union
 
 import torch
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from sharpen.config import ConfigModel, load_config
 from sharpen.evaluation import EvalResult, evaluate
-from sharpen.learners.policy_gradient import NonFiniteLossError, PolicyGradient, PolicyGradientConfig
-from sharpen.models import SamplingParams, load_policy
-from sharpen.rollouts import InProcessProducer, RolloutBatch
-from sharpen.runs import CompletionRecord, RunStore
+from sharpen.learners.base import Learner, LearnerContext, NonFiniteLossError, Sampling
+from sharpen.learners.policy_gradient import PolicyGradient, PolicyGradientConfig
+from sharpen.learners.preference_learning import PreferenceConfig, PreferenceLearning
+from sharpen.learners.rejection_sampling import RejectionSampling, RejectionSamplingConfig
+from sharpen.models import load_policy
+from sharpen.rollouts import InProcessProducer
+from sharpen.runs import RunStore
 from sharpen.signals.reward import Reward
 from sharpen.tasks import Problem, Task, get_task
 
@@ -61,6 +64,27 @@ class EvalConfig(ConfigModel):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature of evaluations.")
 
 
+LEARNERS = {
+    "policy_gradient": (PolicyGradientConfig, PolicyGradient),
+    "rejection_sampling": (RejectionSamplingConfig, RejectionSampling),
+    "preference": (PreferenceConfig, PreferenceLearning),
+}
+"""learner kind → (its config section, the learner built from a LearnerContext and that section)."""
+
+
+def learner_kind(value: Any) -> str:
+    """The `kind` of a learner section; policy_gradient when the section does not say."""
+    if isinstance(value, dict):
+        return value.get("kind", "policy_gradient")
+    return getattr(value, "kind", "policy_gradient")
+
+
+LearnerConfig = Annotated[
+    Union[tuple(Annotated[config, Tag(kind)] for kind, (config, _) in LEARNERS.items())],
+    Discriminator(learner_kind),
+]
+
+
 class RunConfig(ConfigModel):
     """A training run: `sharpen run CONFIG [key=value …] [--resume]`."""
 
@@ -73,7 +97,10 @@ class RunConfig(ConfigModel):
     rewards: list[RewardConfig] = Field(
         default_factory=lambda: [RewardConfig(name="correctness")], description="Reward components, summed by weight."
     )
-    learner: PolicyGradientConfig = Field(default_factory=PolicyGradientConfig, description="The learner.")
+    learner: LearnerConfig = Field(
+        default_factory=PolicyGradientConfig,
+        description="The learner; `kind` picks it: " + ", ".join(LEARNERS) + " (default policy_gradient).",
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
     checkpoint_every: int = Field(10, ge=1, description="Save a resumable checkpoint every this many steps.")
     log_completions: int = Field(2, ge=0, description="Groups per step whose completions go to the run store.")
@@ -126,11 +153,16 @@ class Trainer:
         self.reward = Reward.from_specs(
             [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy
         )
-        self.producer = InProcessProducer(self.policy, self.reward)
-        self.learner = PolicyGradient(
-            self.policy, cfg.learner, total_steps=cfg.steps, max_new_tokens=self.max_new_tokens,
-            reward_weights={r.name: r.weight for r in cfg.rewards},
+        sampling = Sampling(
+            group_size=cfg.sampling.group_size, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+            max_new_tokens=self.max_new_tokens, stop=self.task.stop,
         )
+        ctx = LearnerContext(
+            policy=self.policy, task=self.task, reward=self.reward,
+            producer=InProcessProducer(self.policy, self.reward), sampling=sampling, total_steps=cfg.steps,
+            seed=cfg.seed, log_completions=cfg.log_completions,
+        )
+        self.learner: Learner = LEARNERS[cfg.learner.kind][1](ctx, cfg.learner)
         self.pool = self.task.problems("train", max(4096, cfg.problems_per_step), cfg.seed)
         self.store = RunStore(self.run_dir)
 
@@ -178,37 +210,10 @@ class Trainer:
             temperature=e.temperature, seed=self.cfg.seed, progress=False,
         )
 
-    def step_records(self, batch: RolloutBatch) -> list[CompletionRecord]:
-        records = []
-        for r in batch.rollouts[: self.cfg.log_completions]:
-            for c, reward in zip(r.completions, r.rewards):
-                records.append(CompletionRecord(
-                    problem_id=r.problem.id, prompt=str(r.problem.prompt), completion=c.text, reward=reward,
-                    extras={"finish_reason": c.finish_reason, "tokens": len(c.token_ids)},
-                ))
-        return records
-
-    def train_step(self, step: int) -> dict[str, float]:
-        cfg = self.cfg
-        problems = problem_batch(self.pool, cfg.seed, step, cfg.problems_per_step)
-        params = SamplingParams(
-            n=cfg.sampling.group_size, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-            max_new_tokens=self.max_new_tokens, stop=self.task.stop, seed=cfg.seed * 1_000_003 + step,
-        )
-        batch = self.producer.produce(problems, params)
-        diag = self.learner.update(batch.rollouts)
-        n = sum(len(r.completions) for r in batch.rollouts)
-        metrics = {
-            **batch.reward_summary, **diag,
-            "gen_seconds": batch.generation_seconds,
-            "gen_tokens_per_s": batch.generated_tokens / max(batch.generation_seconds, 1e-9),
-            "completion_tokens_mean": batch.generated_tokens / n,
-        }
-        if "correctness" in batch.rollouts[0].components:  # never read references a reward did not
-            hits = [v == 1.0 for r in batch.rollouts for v in r.components["correctness"]]
-            metrics["train/accuracy"] = sum(hits) / n
-        self.last_batch = batch
-        return metrics
+    def train_step(self, step: int):
+        """One learner step on the step's problems; returns its StepOutput."""
+        problems = problem_batch(self.pool, self.cfg.seed, step, self.cfg.problems_per_step)
+        return self.learner.step(step, problems)
 
     def run(self, resume: bool = False) -> dict:
         cfg, store = self.cfg, self.store
@@ -233,10 +238,11 @@ class Trainer:
             for step in range(first, cfg.steps + 1):
                 t0 = time.perf_counter()
                 try:
-                    metrics = self.train_step(step)
+                    out = self.train_step(step)
                 except NonFiniteLossError as err:
                     kept = max((c.path for c in store.checkpoints()), default="none (the base model is unchanged)")
                     raise RunStopped(f"step {step}: {err}. The run stopped; last good checkpoint: {kept}") from err
+                metrics = dict(out.metrics)
                 eval_seconds = 0.0
                 if step % cfg.eval.every == 0 or step == cfg.steps:
                     t_eval = time.perf_counter()
@@ -252,12 +258,12 @@ class Trainer:
                 train_seconds += metrics["train_step_seconds"]
                 with store.step(step) as w:
                     w.metrics(metrics)
-                    w.completions(self.step_records(self.last_batch))
+                    w.completions(out.records)
                     if ckpt is not None:
                         w.checkpoint(ckpt)
                 if ckpt is not None:
                     self.prune_checkpoints()
-                bar.update(job, advance=1, reward=metrics["reward/mean"], acc=metrics.get("train/accuracy", float("nan")))
+                bar.update(job, advance=1, reward=metrics.get("reward/mean", float("nan")), acc=metrics.get("train/accuracy", float("nan")))
         summary = self.write_summary(time.perf_counter() - start, train_seconds)
         return summary
 

@@ -14,19 +14,19 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from sharpen.config import ConfigModel
 from sharpen.learners.advantages import bnpo_decomposed, get_advantage_estimator, get_sample_weighting
+from sharpen.learners.base import (
+    LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
+)
 from sharpen.learners.losses import clipped_surrogate, get_loss_aggregation
 from sharpen.rollouts import Rollout
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient became NaN or infinite; the weights were not changed."""
+from sharpen.tasks.base import Problem
 
 
 class PolicyGradientConfig(ConfigModel):
@@ -69,26 +69,29 @@ def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
 class PolicyGradient:
     """Updates an HFPolicy's model from scored rollouts."""
 
-    def __init__(
-        self, policy, cfg: PolicyGradientConfig, *, total_steps: int, max_new_tokens: int,
-        reward_weights: Optional[dict[str, float]] = None,
-    ) -> None:
+    def __init__(self, ctx: LearnerContext, cfg: PolicyGradientConfig) -> None:
         get_advantage_estimator(cfg.advantage)  # fail at set-up on bad names, not mid-run
         get_sample_weighting(cfg.weighting)
         get_loss_aggregation(cfg.aggregation)
-        self.policy = policy
+        self.ctx = ctx
+        self.policy = ctx.policy
         self.cfg = cfg
-        self.total_updates = total_steps * cfg.epochs * cfg.minibatches
-        self.max_new_tokens = max_new_tokens
-        self.reward_weights = dict(reward_weights or {})
+        self.total_updates = ctx.total_steps * cfg.epochs * cfg.minibatches
+        self.max_new_tokens = ctx.sampling.max_new_tokens
+        self.reward_weights = ctx.reward.weights
         """Weights of the reward components, so BNPO can decompose over the weighted ones."""
-        self.optimizer = torch.optim.AdamW(
-            policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99)
-        )
+        self.optimizer = adamw(self.policy.model, cfg.lr, cfg.weight_decay)
         self.updates = 0
         self.reference = None
         if cfg.kl_coef > 0:
-            self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
+            self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+
+    def step(self, step: int, problems: list[Problem]) -> StepOutput:
+        """Sample a group per problem, score it, and update once on the batch."""
+        params = self.ctx.sampling.params(step_seed(self.ctx.seed, step))
+        batch = self.ctx.producer.produce(problems, params)
+        diag = self.update(batch.rollouts)
+        return StepOutput({**batch_metrics(batch), **diag}, batch_records(batch, self.ctx.log_completions))
 
     # ---- advantages ----------------------------------------------------------------------
 
@@ -166,21 +169,12 @@ class PolicyGradient:
             aggregation=self.cfg.aggregation, max_len=max(self.max_new_tokens, T),
             ref_logprobs=ref, kl_coef=self.cfg.kl_coef,
         )
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the loss is {loss.item()} (diagnostics: {diag})")
         factor = lr_factor(self.updates, self.total_updates, self.cfg.warmup_steps, self.cfg.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * factor
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), self.cfg.grad_clip)
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"the gradient norm is {grad_norm.item()} (loss {loss.item()})")
-        self.optimizer.step()
+        grad_norm = optimizer_step(self.policy.model, self.optimizer, loss, self.cfg.grad_clip,
+                                   self.cfg.lr * factor, diag)
         self.updates += 1
         entropy = ((scores.entropy * mask).sum() / mask.sum().clamp(min=1)).item()
-        return {**diag, "entropy": entropy, "grad_norm": grad_norm.item(), "lr": self.cfg.lr * factor,
+        return {**diag, "entropy": entropy, "grad_norm": grad_norm, "lr": self.cfg.lr * factor,
                 "tokens": mask.sum().item()}
 
     def reference_logprobs(self, prompt_ids, completion_ids, T: int) -> torch.Tensor:

@@ -1,0 +1,156 @@
+"""Iterative preference learning: the model's own pairs, a DPO-family loss, round after round.
+
+One loop step is one round (METHODS.md §3):
+
+    groups     = G completions per problem from the current model, scored by the run's reward
+    pairs      correctness: correct ≻ incorrect (IRPO; the correctness reward must be present)
+               consistency: most-voted ≻ least-voted answer, weighted by the vote margin (ScPO,
+                            no labels)
+               judge:       highest ≻ lowest total reward, e.g. the model's own self_judge score
+                            (Self-Rewarding, no labels)
+    reference  round: the model at the start of the round (each round's model makes the next
+               round's pairs and reference, as in Iterative RPO and Self-Rewarding); base: the
+               initial model throughout
+    update     `epochs` passes of the loss (dpo, ipo, irpo) over the round's pairs
+
+The reference log-probs are computed once per round, before the first update, so no second
+copy of the model is held for reference "round".
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from sharpen.config import ConfigModel
+from sharpen.learners.base import (
+    LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
+)
+from sharpen.learners.pairs import PreferencePair, consistency_pairs, correctness_pairs, judge_pairs
+from sharpen.learners.preference import get_preference_loss
+from sharpen.rollouts import Rollout
+from sharpen.tasks.base import Problem
+
+
+class PreferenceConfig(ConfigModel):
+    """Settings of iterative preference learning (DPO, IPO, IRPO; ScPO; Self-Rewarding)."""
+
+    kind: Literal["preference"] = Field(..., description="Which learner this is.")
+    loss: Literal["dpo", "ipo", "irpo"] = Field("dpo", description="Preference loss.")
+    pairs: Literal["correctness", "consistency", "judge"] = Field(
+        "correctness", description="Where preferences come from: correctness (labels), consistency "
+                                   "(majority votes, ScPO) or judge (highest vs lowest reward, Self-Rewarding)."
+    )
+    beta: float = Field(0.1, gt=0, description="β: strength of the implicit KL to the reference.")
+    alpha: float = Field(1.0, ge=0, description="irpo only: weight of the length-normalised NLL of y_w.")
+    pairs_per_problem: int = Field(2, ge=1, description="correctness pairs only: pairs per problem at most.")
+    reference: Literal["round", "base"] = Field(
+        "round", description="round: the model at the start of each round; base: the initial model."
+    )
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    epochs: int = Field(1, ge=1, description="Passes over each round's pairs.")
+    batch_size: int = Field(16, ge=1, description="Pairs per optimizer step.")
+    grad_clip: float = Field(1.0, gt=0, description="Maximum global gradient norm.")
+
+
+def rollout_pairs(rollout: Rollout, cfg: PreferenceConfig, extract) -> list[PreferencePair]:
+    """The preference pairs of one scored group, from the source `cfg.pairs` names."""
+    if cfg.pairs == "correctness":
+        verdicts = [None if v is None else v == 1.0 for v in rollout.components["correctness"]]
+        return correctness_pairs(rollout.problem, rollout.completions, verdicts, cfg.pairs_per_problem)
+    if cfg.pairs == "consistency":
+        answers = [extract(c.text) for c in rollout.completions]
+        return consistency_pairs(rollout.problem, rollout.completions, answers)
+    return judge_pairs(rollout.problem, rollout.completions, rollout.rewards)
+
+
+class PreferenceLearning:
+    """Sample, pair, optimise a preference loss: one round per loop step."""
+
+    def __init__(self, ctx: LearnerContext, cfg: PreferenceConfig) -> None:
+        if cfg.pairs == "correctness" and "correctness" not in ctx.reward.weights:
+            raise ValueError(
+                "preference learner: pairs 'correctness' needs the correctness signal among the rewards "
+                f"(rewards are {sorted(ctx.reward.weights)})"
+            )
+        self.ctx, self.cfg, self.policy = ctx, cfg, ctx.policy
+        self.loss = get_preference_loss(cfg.loss)
+        self.optimizer = adamw(self.policy.model, cfg.lr, cfg.weight_decay)
+        self.base = None
+        if cfg.reference == "base":
+            self.base = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+
+    def step(self, step: int, problems: list[Problem]) -> StepOutput:
+        ctx, cfg = self.ctx, self.cfg
+        batch = ctx.producer.produce(problems, ctx.sampling.params(step_seed(ctx.seed, step)))
+        pairs = [p for r in batch.rollouts for p in rollout_pairs(r, cfg, ctx.task.extract)]
+        pairs = [p for p in pairs if p.chosen.token_ids and p.rejected.token_ids and p.weight > 0]
+        metrics = batch_metrics(batch)
+        metrics["pairs/count"] = float(len(pairs))
+        metrics["pairs/problems_with_pair"] = len({p.problem.id for p in pairs}) / len(problems)
+        if pairs:
+            metrics["pairs/weight_mean"] = sum(p.weight for p in pairs) / len(pairs)
+            metrics.update(self.train(pairs, step))
+        return StepOutput(metrics, batch_records(batch, ctx.log_completions))
+
+    def sequence_logprobs(self, pairs: list[PreferencePair], model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs (P,) of the chosen and of the rejected completions."""
+        live = self.policy.model
+        if model is not None:
+            self.policy.model = model
+        try:
+            prompts = [self.policy.encode(p.problem.prompt) for p in pairs] * 2
+            completions = [p.chosen.token_ids for p in pairs] + [p.rejected.token_ids for p in pairs]
+            scores = self.policy.score_tokens(prompts, completions)
+        finally:
+            self.policy.model = live
+        summed = (scores.logprobs * scores.mask).sum(-1)  # (2P,)
+        return summed[: len(pairs)], summed[len(pairs) :]
+
+    def train(self, pairs: list[PreferencePair], step: int) -> dict[str, float]:
+        cfg = self.cfg
+        start = time.perf_counter()
+        with torch.no_grad():
+            ref = [self.sequence_logprobs(pairs[lo : lo + cfg.batch_size], self.base)
+                   for lo in range(0, len(pairs), cfg.batch_size)]
+        ref_chosen, ref_rejected = torch.cat([r[0] for r in ref]), torch.cat([r[1] for r in ref])
+        order = list(range(len(pairs)))
+        rng = random.Random(step_seed(self.ctx.seed, step))
+        sums: dict[str, float] = {}
+        updates = 0
+        self.policy.model.train()
+        try:
+            for _ in range(cfg.epochs):
+                rng.shuffle(order)
+                for lo in range(0, len(order), cfg.batch_size):
+                    idx = order[lo : lo + cfg.batch_size]
+                    chunk = [pairs[i] for i in idx]
+                    chosen, rejected = self.sequence_logprobs(chunk)
+                    loss, diag = self.loss(
+                        chosen, rejected, ref_chosen[idx], ref_rejected[idx], beta=cfg.beta,
+                        weights=torch.tensor([p.weight for p in chunk], device=chosen.device),
+                        chosen_lengths=torch.tensor([len(p.chosen.token_ids) for p in chunk], device=chosen.device),
+                        **({"alpha": cfg.alpha} if cfg.loss == "irpo" else {}),
+                    )
+                    diag["grad_norm"] = optimizer_step(self.policy.model, self.optimizer, loss, cfg.grad_clip,
+                                                       cfg.lr, diag)
+                    for k, v in diag.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    updates += 1
+        finally:
+            self.policy.model.eval()
+        out = {f"{cfg.loss}/{k}": v / updates for k, v in sums.items()}
+        out.update({"pairs/updates": float(updates), "pairs/seconds": time.perf_counter() - start})
+        return out
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,100 @@
+"""The pieces of the rejection-sampling and preference learners, on made-up data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sharpen.learners.preference_learning import PreferenceConfig, rollout_pairs
+from sharpen.learners.rejection_sampling import RejectionSamplingConfig, hinted, select
+from sharpen.learners.sft import weighted_nll
+from sharpen.models.base import Completion
+from sharpen.rollouts import Rollout
+from sharpen.tasks import get_task
+from sharpen.tasks.base import Problem
+
+
+def completion(text: str, n_tokens: int = 2) -> Completion:
+    return Completion(text, tuple(range(1, n_tokens + 1)), (-0.5,) * n_tokens, "stop")
+
+
+def rollout(texts, rewards, correctness=None) -> Rollout:
+    components = {"correctness": correctness} if correctness is not None else {}
+    return Rollout(Problem("p", "2+2=", "4"), [1, 2], [completion(t) for t in texts], rewards, components)
+
+
+def test_weighted_nll_by_hand():
+    logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    weights = torch.tensor([2.0, 1.0])
+    loss, diag = weighted_nll(logprobs, mask, weights)
+    # (2·(1 + 2) + 1·0.5) / (2·2 + 1·1) = 6.5 / 5
+    assert loss.item() == pytest.approx(1.3)
+    assert diag["tokens"] == 3
+    loss.backward()
+    expected = -torch.tensor([[2.0, 2.0, 0.0], [1.0, 0.0, 0.0]]) / 5  # ∂L/∂ℓ_it = −w_i m_it / Σ w|y|
+    assert torch.allclose(logprobs.grad, expected)
+
+
+def test_weighted_nll_with_equal_weights_is_the_token_mean():
+    logprobs = torch.tensor([[-1.0, -3.0], [-2.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    for w in (1.0, 7.0):
+        loss, _ = weighted_nll(logprobs, mask, torch.tensor([w, w]))
+        assert loss.item() == pytest.approx(2.0)
+
+
+def test_weighted_nll_refuses_bad_shapes_and_negative_weights():
+    with pytest.raises(ValueError, match=r"must be \(B, T\), \(B, T\) and \(B,\)"):
+        weighted_nll(torch.zeros(2, 3), torch.ones(2, 3), torch.ones(3))
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        weighted_nll(torch.zeros(1, 1), torch.ones(1, 1), torch.tensor([-1.0]))
+
+
+def test_threshold_selection_keeps_distinct_passing_completions():
+    cfg = RejectionSamplingConfig(kind="rejection_sampling", max_per_problem=2)
+    r = rollout(["4", "5", "4", "four", "04"], [1.0, 0.0, 1.0, 1.0, 1.0])
+    assert select(r, cfg) == [0, 3]  # the second "4" is a duplicate; at most 2 kept
+    assert select(rollout(["5", "6"], [0.0, 0.5]), cfg) == []
+
+
+def test_best_selection_takes_the_highest_reward_without_labels():
+    cfg = RejectionSamplingConfig(kind="rejection_sampling", select="best")
+    assert select(rollout(["a", "b", "c"], [-3.0, -1.0, -1.0]), cfg) == [1]  # ties: the earliest
+
+
+def test_hint_goes_into_the_last_user_turn():
+    assert hinted("2+2=", "4") == "2+2= (hint: the answer is 4)"
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2="}]
+    assert hinted(chat, "4")[-1] == {"role": "user", "content": "2+2= (hint: the answer is 4)"}
+    assert chat[-1]["content"] == "2+2="  # the problem's prompt is not changed
+
+
+def test_pairs_from_each_source():
+    extract = get_task("addition").extract
+    r = rollout(["4", "5", "4", "6"], [0.9, 0.1, 0.5, 0.3], correctness=[1.0, 0.0, 1.0, None])
+    by_label = rollout_pairs(r, PreferenceConfig(kind="preference", pairs="correctness"), extract)
+    assert [(p.chosen.text, p.rejected.text) for p in by_label] == [("4", "5")]
+    by_votes = rollout_pairs(r, PreferenceConfig(kind="preference", pairs="consistency"), extract)
+    assert [(p.chosen.text, p.rejected.text, p.weight) for p in by_votes] == [("4", "5", 0.25)]
+    by_judge = rollout_pairs(r, PreferenceConfig(kind="preference", pairs="judge"), extract)
+    assert [(p.chosen.text, p.rejected.text) for p in by_judge] == [("4", "5")]
+    assert math.isclose(by_judge[0].weight, 1.0)
+
+
+def test_correctness_pairs_need_the_correctness_reward(tiny_model_dir):
+    from sharpen.learners.base import LearnerContext, Sampling
+    from sharpen.learners.preference_learning import PreferenceLearning
+    from sharpen.models import load_policy
+    from sharpen.rollouts import InProcessProducer
+    from sharpen.signals.reward import Reward
+
+    task = get_task("addition")
+    policy = load_policy(str(tiny_model_dir), progress=False)
+    reward = Reward.from_specs([("likelihood", 1.0)], task=task, policy=policy)
+    ctx = LearnerContext(policy, task, reward, InProcessProducer(policy, reward),
+                         Sampling(2, 1.0, 1.0, 8, task.stop), total_steps=1, seed=0)
+    with pytest.raises(ValueError, match=r"pairs 'correctness' needs the correctness signal .*\['likelihood'\]"):
+        PreferenceLearning(ctx, PreferenceConfig(kind="preference", pairs="correctness"))
