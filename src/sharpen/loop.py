@@ -277,6 +277,7 @@ class Trainer:
             "steps": self.cfg.steps,
             "wall_seconds": round(wall_seconds, 2),
             "train_seconds": round(train_seconds, 2),
+            "train_generated_tokens": int(sum(r.value for r in rows if r.name == "gen_tokens")),
             "final_checkpoint": str(final_ckpt.path),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

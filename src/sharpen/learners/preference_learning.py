@@ -145,7 +145,7 @@ class PreferenceLearning:
                     updates += 1
         finally:
             self.policy.model.eval()
-        out = {f"{cfg.loss}/{k}": v / updates for k, v in sums.items()}
+        out = {k if k == "grad_norm" else f"{cfg.loss}/{k}": v / updates for k, v in sums.items()}
         out.update({"pairs/updates": float(updates), "pairs/seconds": time.perf_counter() - start})
         return out
 

@@ -142,7 +142,11 @@ class Panel:
 TRAINING_PANELS = (
     Panel("reward", ("reward/mean",), r"^rewards/[^/]+/mean$"),
     Panel("training accuracy", ("train/accuracy",)),
-    Panel("loss", ("loss", "pg_loss")),
+    Panel("loss", ("loss", "pg_loss", "sft/loss"), r"^(dpo|ipo|irpo)/(loss|dpo_loss|nll_loss)$"),
+    Panel("selection (rejection sampling, B-STaR)", ("select/problems_with_kept", "bstar/pass@k",
+                                                    "bstar/selection_accuracy")),
+    Panel("training examples per step", ("select/kept", "star/rationalized", "pairs/count")),
+    Panel("preference margin", (), r"^(dpo|ipo|irpo)/(reward_margin|reward_accuracy)$"),
     Panel("KL", ("approx_kl", "kl_ref")),
     Panel("clip fraction", ("clip_frac",)),
     Panel("entropy", ("entropy",)),
