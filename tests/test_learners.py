@@ -10,7 +10,7 @@ import torch
 from sharpen.learners.preference_learning import PreferenceConfig, rollout_pairs
 from sharpen.learners.rejection_sampling import RejectionSamplingConfig, hinted, select
 from sharpen.learners.sft import weighted_nll
-from sharpen.models.base import Completion
+from sharpen.models.base import Completion, SamplingParams
 from sharpen.rollouts import Rollout
 from sharpen.tasks import get_task
 from sharpen.tasks.base import Problem
@@ -98,3 +98,43 @@ def test_correctness_pairs_need_the_correctness_reward(tiny_model_dir):
                          Sampling(2, 1.0, 1.0, 8, task.stop), total_steps=1, seed=0)
     with pytest.raises(ValueError, match=r"pairs 'correctness' needs the correctness signal .*\['likelihood'\]"):
         PreferenceLearning(ctx, PreferenceConfig(kind="preference", pairs="correctness"))
+
+
+class HintAwareProducer:
+    """Answers right only when the prompt carries the hint, like a model that reads hints."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def produce(self, problems, params):
+        from sharpen.rollouts import RolloutBatch
+
+        self.prompts += [p.prompt for p in problems]
+        rollouts = []
+        for p in problems:
+            right = "hint" in str(p.prompt)
+            texts = [p.answer if right and i == 1 else "7" for i in range(params.n)]
+            rewards = [1.0 if t == p.answer else 0.0 for t in texts]
+            rollouts.append(Rollout(p, [len(str(p.prompt))], [completion(t, 1 + i) for i, t in enumerate(texts)],
+                                    rewards, {"correctness": rewards}))
+        return RolloutBatch(rollouts, {}, 0.0, 0.0)
+
+
+def test_star_rationalises_unsolved_problems_and_trains_without_the_hint():
+    import types
+
+    from sharpen.learners.base import LearnerContext, Sampling
+    from sharpen.learners.rejection_sampling import RejectionSampling
+
+    producer = HintAwareProducer()
+    ctx = LearnerContext(types.SimpleNamespace(model=torch.nn.Linear(1, 1)), get_task("addition"), None, producer,
+                         Sampling(3, 1.0, 1.0, 8, ()), total_steps=1, seed=0)
+    learner = RejectionSampling(ctx, RejectionSamplingConfig(kind="rejection_sampling", rationalize=True))
+    unsolved = producer.produce([Problem("a", "2+2=", "4"), Problem("b", "3+3=", "6")], SamplingParams(n=3)).rollouts
+    examples, tokens = learner.rationalize(unsolved, step=1)
+    assert producer.prompts[-2:] == ["2+2= (hint: the answer is 4)", "3+3= (hint: the answer is 6)"]
+    assert [e.prompt_ids for e in examples] == [(len("2+2="),), (len("3+3="),)]  # the prompt without the hint
+    assert [e.completion_ids for e in examples] == [(1, 2), (1, 2)]  # the hinted group's right completion
+    assert tokens == 2 * (1 + 2 + 3)  # what sampling the two hinted groups generated
+    with pytest.raises(ValueError, match="rationalize needs reference answers; problem c has none"):
+        learner.rationalize(producer.produce([Problem("c", "1+1=", None)], SamplingParams(n=1)).rollouts, 1)

@@ -31,7 +31,7 @@ from sharpen.config import ConfigModel
 from sharpen.learners.base import (
     LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
 )
-from sharpen.learners.pairs import PreferencePair, consistency_pairs, correctness_pairs, judge_pairs
+from sharpen.learners.pairs import PAIR_BUILDERS, PreferencePair
 from sharpen.learners.preference import get_preference_loss
 from sharpen.rollouts import Rollout
 from sharpen.tasks.base import Problem
@@ -48,7 +48,7 @@ class PreferenceConfig(ConfigModel):
     )
     beta: float = Field(0.1, gt=0, description="β: strength of the implicit KL to the reference.")
     alpha: float = Field(1.0, ge=0, description="irpo only: weight of the length-normalised NLL of y_w.")
-    pairs_per_problem: int = Field(2, ge=1, description="correctness pairs only: pairs per problem at most.")
+    pairs_per_problem: int = Field(2, ge=1, description="Pairs per problem at most (consistency and judge make one).")
     reference: Literal["round", "base"] = Field(
         "round", description="round: the model at the start of each round; base: the initial model."
     )
@@ -59,15 +59,19 @@ class PreferenceConfig(ConfigModel):
     grad_clip: float = Field(1.0, gt=0, description="Maximum global gradient norm.")
 
 
+PAIR_VALUES = {
+    "correctness": lambda rollout, extract: [None if v is None else v == 1.0 for v in rollout.components["correctness"]],
+    "consistency": lambda rollout, extract: [extract(c.text) for c in rollout.completions],
+    "judge": lambda rollout, extract: list(rollout.rewards),
+}
+"""pair source → what its builder in `pairs.PAIR_BUILDERS` reads of a scored group: verdicts,
+label-free extracted answers, or the total rewards."""
+
+
 def rollout_pairs(rollout: Rollout, cfg: PreferenceConfig, extract) -> list[PreferencePair]:
     """The preference pairs of one scored group, from the source `cfg.pairs` names."""
-    if cfg.pairs == "correctness":
-        verdicts = [None if v is None else v == 1.0 for v in rollout.components["correctness"]]
-        return correctness_pairs(rollout.problem, rollout.completions, verdicts, cfg.pairs_per_problem)
-    if cfg.pairs == "consistency":
-        answers = [extract(c.text) for c in rollout.completions]
-        return consistency_pairs(rollout.problem, rollout.completions, answers)
-    return judge_pairs(rollout.problem, rollout.completions, rollout.rewards)
+    values = PAIR_VALUES[cfg.pairs](rollout, extract)
+    return PAIR_BUILDERS[cfg.pairs](rollout.problem, rollout.completions, values)[: cfg.pairs_per_problem]
 
 
 class PreferenceLearning:
