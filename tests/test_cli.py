@@ -71,3 +71,26 @@ def test_run_then_report(tmp_path, tiny_model_dir, capsys):
     assert main(["report", str(tmp_path / "r")]) == 0
     assert main(["report", str(tmp_path / "r"), str(tmp_path / "r"), "--out", str(tmp_path / "c.html")]) == 0
     assert (tmp_path / "c.html").exists()
+
+
+def test_eval_turns_prints_turn_metrics_and_writes_json(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "turns.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--task", "addition", "--problems", "5", "--samples", "2",
+                 "--turns", "3", "--feedback", "none", "--neutral", "wrong", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "turn3/accuracy" in printed and "delta_i_to_c" in printed and "feedback none" in printed
+    report = json.loads(out.read_text())
+    assert report["turns"] == 3 and report["feedback"] == "none" and report["episodes_per_problem"] == 2
+    assert {"turn1/accuracy", "m1@t1", "m1@tT", "p1@tT", "maj@turns", "delta_t1_tT", "delta_i_to_c",
+            "delta_c_to_i", "tokens_per_problem"} <= set(report["metrics"])
+    for name, metric in report["metrics"].items():
+        lo, hi = metric["ci"]
+        assert lo <= metric["value"] <= hi, name
+
+
+def test_eval_turns_errors(capsys):
+    assert main(["eval", "--task", "addition", "--turns", "1"]) == 2
+    assert "--turns 1: a turn-wise evaluation needs at least 2 turns" in capsys.readouterr().out
+    assert main(["eval", "--task", "addition", "--turns", "2", "--feedback", "oracle"]) == 2
+    assert "--feedback 'oracle': use one of none, binary, verifier" in capsys.readouterr().out

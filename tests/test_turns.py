@@ -8,7 +8,9 @@ from sharpen.evaluation.evaluate import Metric
 from sharpen.evaluation.turns import (
     change_t1_tT,
     episode_matrices,
+    evaluate_turns,
     majority_over_turns,
+    per_problem_means,
     per_problem_turn_values,
     right_to_wrong,
     turn_metrics,
@@ -124,3 +126,65 @@ def test_bad_matrices():
     for bad in ([], [[]], [[T, F], [T]]):
         with pytest.raises(ValueError, match="rectangular"):
             turn_metrics(bad)
+
+
+def test_several_episodes_per_problem_average_before_the_bootstrap():
+    # two problems × two episodes each, rows in problem order
+    rows = [[F, T], [T, T],  # problem 1: turn-1 accuracy 1/2, turn 2 1, Δi→c 1/2
+            [T, F], [F, F]]  # problem 2: turn-1 accuracy 1/2, turn 2 0, Δc→i 1/2
+    m = turn_metrics(rows, episodes_per_problem=2)
+    assert m["turn1/accuracy"].value == pytest.approx(0.5)
+    assert m["turn1/accuracy"].ci == (0.5, 0.5)  # both problems score 1/2: nothing to resample
+    assert m["turn2/accuracy"].value == pytest.approx(0.5)
+    assert m["turn2/accuracy"].ci == (0.0, 1.0)  # per-problem values 1 and 0
+    assert m["delta_i_to_c"].value == pytest.approx(0.25)
+    assert m["delta_c_to_i"].value == pytest.approx(0.25)
+    assert per_problem_means(np.array([1.0, 0.0, 0.5, 0.5, 1.0, 1.0]), 3).tolist() == pytest.approx([0.5, 2.5 / 3])
+    with pytest.raises(ValueError, match="groups of episodes_per_problem=2"):
+        turn_metrics(rows[:3], episodes_per_problem=2)
+
+
+class RetryingPolicy:
+    """Answers a problem wrong ("0") at turn 1 and right at every later turn, token ids one per
+    character: after it, every turn-2 answer fixes turn 1."""
+
+    def __init__(self, task):
+        self.task, self.calls = task, []
+
+    def generate(self, prompts, params):
+        self.calls.append((list(prompts), params))
+        out = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                text = "0"
+            else:
+                problem = prompt[0]["content"]
+                a, b = problem.rstrip("=").split("+")
+                text = str(int(a) + int(b))
+            out.append([Completion(text, tuple(range(len(text))), (0.0,) * len(text), "stop")])
+        return out
+
+
+def test_evaluate_turns_rolls_out_episodes_on_held_out_problems():
+    from sharpen.tasks import get_task
+
+    task = get_task("addition")
+    policy = RetryingPolicy(task)
+    result = evaluate_turns(policy, task, turns=3, n_problems=5, episodes_per_problem=2, feedback="binary", seed=4)
+    held_out = task.problems("eval", 5, 4)
+    assert policy.calls[0][0] == [p.prompt for p in held_out for _ in range(2)]  # S episodes per problem, in order
+    assert [params.seed for _, params in policy.calls] == [4, 5, 6]
+    assert all(params.n == 1 and params.max_new_tokens == task.max_new_tokens for _, params in policy.calls)
+    m = result.metrics
+    assert [m[f"turn{t}/accuracy"].value for t in (1, 2, 3)] == [0.0, 1.0, 1.0]
+    assert m["delta_i_to_c"].value == 1.0 and m["delta_c_to_i"].value == 0.0 and m["p1@tT"].value == 1.0
+    assert result.n_problems == 5 and result.episodes_per_problem == 2 and result.turns == 3
+    report = result.to_json()
+    assert report["feedback"] == "binary" and report["metrics"]["m1@tT"] == {"value": 1.0, "ci": [1.0, 1.0]}
+    assert "turn3/accuracy" in list(result.table().columns[0].cells)
+
+    stopped = evaluate_turns(RetryingPolicy(task), task, turns=3, n_problems=5, stop_when_correct=True)
+    assert stopped.metrics["turn3/accuracy"].value == 1.0  # carried forward from turn 2
+    assert stopped.metrics["tokens_per_problem"].value < m["tokens_per_problem"].value
+    with pytest.raises(ValueError, match="turns >= 1"):
+        evaluate_turns(policy, task, turns=0)

@@ -59,18 +59,31 @@ def cmd_model(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sharpen.evaluation import evaluate
+    from sharpen.episodes import FEEDBACK_MODES, NEUTRAL_FEEDBACK
+    from sharpen.evaluation import evaluate, evaluate_turns
     from sharpen.models import load_policy
     from sharpen.tasks import get_task
 
+    if args.turns is not None and args.turns < 2:
+        raise CliError(f"--turns {args.turns}: a turn-wise evaluation needs at least 2 turns")
+    if args.feedback not in FEEDBACK_MODES:
+        raise CliError(f"--feedback {args.feedback!r}: use one of {', '.join(FEEDBACK_MODES)}")
     task = get_task(args.task, **parse_options(args.task_option, "--task-option"))
     ks = parse_ks(args.k)
     samples = args.samples if args.samples is not None else max(ks)
     policy = load_policy(args.model, seed=args.seed)
-    result = evaluate(
-        policy, task, n_problems=args.problems, samples=samples, ks=ks,
-        temperature=args.temperature, seed=args.seed, split=args.split,
-    )
+    if args.turns is not None:
+        result = evaluate_turns(
+            policy, task, turns=args.turns, n_problems=args.problems, episodes_per_problem=samples,
+            feedback=args.feedback, neutral=NEUTRAL_FEEDBACK if args.neutral is None else args.neutral,
+            stop_when_correct=args.stop_when_correct,
+            temperature=args.temperature, seed=args.seed, split=args.split,
+        )
+    else:
+        result = evaluate(
+            policy, task, n_problems=args.problems, samples=samples, ks=ks,
+            temperature=args.temperature, seed=args.seed, split=args.split,
+        )
     console.print(result.table(f"{args.model} on {task.name} ({args.split} split)"))
     if args.json:
         report = {"model": args.model, "task": task.name, **result.to_json()}
@@ -168,12 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
     p.add_argument("--problems", type=int, default=200, help="number of problems")
-    p.add_argument("--samples", type=int, default=None, help="completions per problem (default: the largest k)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="completions per problem, or episodes per problem with --turns (default: the largest k)")
     p.add_argument("--k", default="1,8", help="comma-separated k for pass@k and maj@k")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--split", default="eval", choices=["train", "eval"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--turns", type=int, default=None, metavar="T",
+                   help="multi-turn: T attempts per episode, printing accuracy per turn, m1@t1, m1@tT, p1@tT, "
+                        "maj@turns and the changes between the first and last turn (delta_t1_tT, delta_i_to_c, "
+                        "delta_c_to_i) with 95%% intervals")
+    p.add_argument("--feedback", default="binary",
+                   help="with --turns: what the model is told after an attempt: binary ('wrong' after a wrong "
+                        "one, the default), verifier (the checker's note) or none (the neutral re-ask only)")
+    p.add_argument("--neutral", default=None, metavar="TEXT",
+                   help="with --turns: the re-ask after an attempt not called wrong "
+                        "(default: 'check your answer and answer again')")
+    p.add_argument("--stop-when-correct", action="store_true",
+                   help="with --turns: end an episode at its first right attempt (the checker as an oracle)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="compare inference-time strategies: accuracy with 95%% intervals, "

@@ -28,17 +28,30 @@ Episodes that stopped early (`run_episodes(stop_when_correct=True)`) are shorter
 turn (the answer stands; the model is not asked again). So a problem solved at turn 2 of 3
 counts as right at turns 2 and 3, and its final answer votes in each of those turns.
 Unscorable attempts (correct None) count as not right, as in `evaluate`.
+
+Several episodes per problem (`episodes_per_problem` = S, each sampled independently) make
+every per-problem value the mean of that problem's S episode values before the bootstrap,
+as `evaluate` averages a problem's samples: intervals stay over problems, and the turn
+accuracies are S-sample estimates per problem (tighter than one episode each).
+
+`evaluate_turns(policy, task, turns=T)` rolls the episodes out on held-out problems
+(`episodes.run_episodes`) and measures them.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
+from rich.table import Table
 
-from sharpen.episodes import Episode
+from sharpen.episodes import NEUTRAL_FEEDBACK, Episode, run_episodes
 from sharpen.evaluation.evaluate import CONFIDENCE, N_BOOT, Metric
 from sharpen.evaluation.metrics import bootstrap_ci, majority_index, mean
+from sharpen.models.base import Policy, SamplingParams
+from sharpen.tasks.base import Task
 
 CorrectnessMatrix = Union[np.ndarray, Sequence[Sequence[Optional[bool]]]]
 """(P, T) verdicts: True right, False wrong, None unscorable (counted as not right)."""
@@ -141,11 +154,20 @@ def episode_matrices(
     return np.asarray(correct, dtype=bool), answers
 
 
+def per_problem_means(values: np.ndarray, episodes_per_problem: int) -> np.ndarray:
+    """(P·S,) per-episode values, S consecutive episodes per problem → (P,) per-problem means."""
+    S = episodes_per_problem
+    if S < 1 or values.size % S:
+        raise ValueError(f"{values.size} episodes cannot be split into groups of episodes_per_problem={S}")
+    return values.reshape(-1, S).mean(axis=1)  # (P,)
+
+
 def turn_metrics(
     source: Union[Sequence[Episode], CorrectnessMatrix],
     *,
     answers: Optional[AnswerMatrix] = None,
     turns: Optional[int] = None,
+    episodes_per_problem: int = 1,
     n_boot: int = N_BOOT,
     confidence: float = CONFIDENCE,
     seed: int = 0,
@@ -155,8 +177,10 @@ def turn_metrics(
     `source` is a list of episodes (answers, early stops and tokens are read from them;
     `turns` pads to that many turns) or a (P, T) correctness matrix (pass `answers` for
     maj@turns). Names as in `per_problem_turn_values`; from episodes also
-    "tokens_per_problem" (tokens generated over all turns, METHODS.md §6). Every interval
-    uses the same seed, so they resample the same problems.
+    "tokens_per_problem" (tokens generated over all turns, METHODS.md §6). With
+    `episodes_per_problem` = S, rows come S consecutive per problem and each problem's value
+    is the mean of its S rows (tokens too). Every interval uses the same seed, so they
+    resample the same problems.
     """
     tokens = None
     if len(source) > 0 and isinstance(source[0], Episode):
@@ -171,5 +195,84 @@ def turn_metrics(
     if tokens is not None:
         values["tokens_per_problem"] = tokens
     return {
-        name: Metric(mean(v), bootstrap_ci(v, n_boot, confidence, seed)) for name, v in values.items()
+        name: Metric(mean(v), bootstrap_ci(v, n_boot, confidence, seed))
+        for name, v in ((n, per_problem_means(v, episodes_per_problem)) for n, v in values.items())
     }
+
+
+@dataclass(frozen=True)
+class TurnEvalResult:
+    """Turn metrics of a held-out multi-turn evaluation, with what produced them."""
+
+    metrics: dict[str, Metric]
+    """Names as in `turn_metrics` (turn<t>/accuracy, m1@t1, …, tokens_per_problem)."""
+    n_problems: int
+    episodes_per_problem: int
+    turns: int
+    feedback: str
+    stop_when_correct: bool
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """{"metrics": {name: {"value", "ci"}}, "turns": T, "feedback": …, …}."""
+        return {
+            "metrics": {name: {"value": m.value, "ci": list(m.ci)} for name, m in self.metrics.items()},
+            "n_problems": self.n_problems,
+            "episodes_per_problem": self.episodes_per_problem,
+            "turns": self.turns,
+            "feedback": self.feedback,
+            "stop_when_correct": self.stop_when_correct,
+            "seconds": self.seconds,
+        }
+
+    def table(self, title: str = "turn-wise evaluation") -> Table:
+        """A rich table: one row per turn metric with its interval."""
+        stop = ", stop when right" if self.stop_when_correct else ""
+        caption = (f"{self.n_problems} problems × {self.episodes_per_problem} episodes of {self.turns} turns · "
+                   f"feedback {self.feedback}{stop} · {self.seconds:.1f} s")
+        table = Table(title=title, caption=caption)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_column(f"{CONFIDENCE:.0%} CI", justify="right")
+        for name, m in self.metrics.items():
+            table.add_row(name, f"{m.value:.3f}", f"[{m.ci[0]:.3f}, {m.ci[1]:.3f}]")
+        return table
+
+
+def evaluate_turns(
+    policy: Policy,
+    task: Task,
+    *,
+    turns: int = 2,
+    n_problems: int = 200,
+    episodes_per_problem: int = 1,
+    feedback: str = "binary",
+    neutral: str = NEUTRAL_FEEDBACK,
+    stop_when_correct: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    split: str = "eval",
+) -> TurnEvalResult:
+    """Roll out `episodes_per_problem` episodes of `turns` attempts on each of `n_problems`
+    problems of `split` (`task.problems(split, n_problems, seed)`, the problems `evaluate`
+    uses) and measure them with `turn_metrics`.
+
+    One `run_episodes` call for all episodes (each problem repeated S times in a row), with
+    the task's `max_new_tokens` and stop strings at `temperature`; turn t samples with seed
+    `seed + t`. Feedback modes and `neutral` as in `sharpen.episodes`.
+    """
+    if turns < 1:
+        raise ValueError(f"evaluate_turns needs turns >= 1, got {turns}")
+    if episodes_per_problem < 1:
+        raise ValueError(f"evaluate_turns needs episodes_per_problem >= 1, got {episodes_per_problem}")
+    problems = task.problems(split, n_problems, seed)
+    if not problems:
+        raise ValueError(f"task {task.name!r} gave no problems for split {split!r}")
+    start = time.perf_counter()
+    rows = [p for p in problems for _ in range(episodes_per_problem)]
+    params = SamplingParams(n=1, temperature=temperature, max_new_tokens=task.max_new_tokens, stop=task.stop)
+    episodes = run_episodes(policy, task, rows, turns=turns, feedback=feedback, params=params,
+                            stop_when_correct=stop_when_correct, seed=seed, neutral=neutral)
+    metrics = turn_metrics(episodes, turns=turns, episodes_per_problem=episodes_per_problem, seed=seed)
+    return TurnEvalResult(metrics, len(problems), episodes_per_problem, turns, feedback, stop_when_correct,
+                          time.perf_counter() - start)
