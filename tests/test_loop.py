@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sharpen.loop import RunConfig, RunStopped, problem_batch, run, run_config
+from sharpen.learners.base import EpisodeSettings
+from sharpen.loop import RunConfig, RunStopped, eval_episodes, problem_batch, run, run_config
 from sharpen.runs import RunStore
 
 CONFIG = """\
@@ -59,6 +60,39 @@ def test_a_finished_run_directory_is_not_overwritten(tmp_path, tiny_model_dir):
         run(cfg, [f"run_dir={tmp_path / 'run'}", "steps=1"], progress=False)
 
 
+TURN_METRICS = {"turn1/accuracy", "turn2/accuracy", "m1@t1", "m1@tT", "p1@tT", "maj@turns", "delta_t1_tT",
+                "delta_i_to_c", "delta_c_to_i", "turns/tokens_per_problem"}
+
+
+def test_multi_turn_runs_log_turn_metrics_from_the_base_model_on(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path, tiny_model_dir, extra="learner: {kind: score, stage1_steps: 3}\n")
+    summary = run(cfg, [f"run_dir={tmp_path / 'run'}"], progress=False)
+    store = RunStore(tmp_path / "run")
+    for name in TURN_METRICS:
+        assert sorted(r.step for r in store.metrics(f"eval/{name}")) == [0, 3, 6], name
+        assert len(store.metrics(f"eval/{name}/lo")) == len(store.metrics(f"eval/{name}/hi")) == 3, name
+    for side in ("baseline", "final"):
+        assert TURN_METRICS <= set(summary[side]), side
+        lo, hi = summary[side]["delta_i_to_c"]["ci"]
+        assert lo <= summary[side]["delta_i_to_c"]["value"] <= hi
+    assert "turn3/accuracy" not in summary["final"]  # SCoRe's episodes: two attempts
+    assert "report-turns.png" in {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_held_out_episodes_default_to_the_learners_own():
+    def episodes(**cfg):
+        return eval_episodes(RunConfig.model_validate(cfg))
+
+    assert episodes() == EpisodeSettings(1, "binary", "check your answer and answer again", False)
+    assert episodes(learner={"kind": "rise", "turns": 3, "stop_when_correct": True}) == EpisodeSettings(
+        3, "binary", "check your answer and answer again", True)
+    assert episodes(learner={"kind": "score", "neutral": "wrong"}) == EpisodeSettings(2, "none", "wrong", False)
+    assert episodes(learner={"kind": "score"}, eval={"turns": 3, "feedback": "binary", "neutral": "again",
+                                                     "stop_when_correct": True}) == EpisodeSettings(
+        3, "binary", "again", True)
+    assert episodes(eval={"turns": 2}) == EpisodeSettings(2, "binary", "check your answer and answer again", False)
+
+
 def test_problem_batches_depend_only_on_seed_and_step():
     pool = list(range(100))
     assert problem_batch(pool, 0, 5, 8) == problem_batch(pool, 0, 5, 8)
@@ -70,6 +104,8 @@ LEARNER_SECTIONS = {
     "rest_em": "learner: {kind: rejection_sampling, select: best, restart_from_base: true, batch_size: 3}\n",
     "irpo": "learner: {kind: preference, loss: irpo, pairs: judge, reference: base, batch_size: 2}\n"
             "rewards: [{name: likelihood}]\n",
+    "rise": "learner: {kind: rise, turns: 3, filter: best, batch_size: 3}\n",
+    "score": "learner: {kind: score, stage1_steps: 2, epochs: 2}\n",
 }
 
 

@@ -175,3 +175,14 @@ def test_broken_summary_names_the_file(tmp_path):
     (run_dir / "summary.json").write_text("{not json")
     with pytest.raises(ValueError, match="summary.json"):
         write_report(run_dir)
+
+
+def test_compare_shows_each_base_turn_curve_next_to_the_trained_one(tmp_path):
+    rise = make_run(tmp_path / "rise", turns=True)
+    score = make_run(tmp_path / "score", turns=True, scale=0.5)
+    plain = make_run(tmp_path / "grpo")
+    page = compare_runs([rise, score, plain], tmp_path / "cmp")
+    assert [p.name for p in images(page)] == ["compare-eval.png", "compare-turns.png"]
+    assert "Accuracy per turn" in page.read_text(encoding="utf-8")
+    no_turns = compare_runs([plain], tmp_path / "plain")
+    assert [p.name for p in images(no_turns)] == ["compare-eval.png"]

@@ -3,7 +3,9 @@ evaluation and the run store together.
 
     step 0:       evaluate the base model on held-out problems
     step 1..N:    problems → G completions each → rewards → learner update
-                  → every `eval.every` steps a held-out evaluation → run store → checkpoint
+                  → every `eval.every` steps a held-out evaluation (with turn metrics when
+                    the run's held-out episodes have several turns: multi-turn learners)
+                  → run store → checkpoint
     the end:      summary.json (baseline and final metrics, wall time) and report.html
 
 Every random choice is a function of (seed, step), and a checkpoint holds the weights and
@@ -17,17 +19,22 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
 from pydantic import Discriminator, Field, Tag
 
 from sharpen.config import ConfigModel, load_config
-from sharpen.evaluation import EvalResult, evaluate
-from sharpen.learners.base import Learner, LearnerContext, NonFiniteLossError, Sampling
+from sharpen.episodes import NEUTRAL_FEEDBACK
+from sharpen.evaluation import EvalResult, TurnEvalResult, evaluate, evaluate_turns
+from sharpen.learners.base import (
+    EpisodeSettings, Learner, LearnerContext, MultiTurnConfig, NonFiniteLossError, Sampling,
+)
 from sharpen.learners.policy_gradient import PolicyGradient, PolicyGradientConfig
 from sharpen.learners.preference_learning import PreferenceConfig, PreferenceLearning
 from sharpen.learners.rejection_sampling import RejectionSampling, RejectionSamplingConfig
+from sharpen.learners.rise import Rise, RiseConfig
+from sharpen.learners.score import Score, ScoreConfig
 from sharpen.models import load_policy
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore
@@ -62,12 +69,28 @@ class EvalConfig(ConfigModel):
     samples: int = Field(8, ge=1, description="Completions per held-out problem.")
     ks: list[int] = Field(default_factory=lambda: [1, 8], description="k of pass@k and maj@k.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature of evaluations.")
+    turns: Optional[int] = Field(
+        None, ge=1, description="Attempts per held-out episode; above 1 adds turn metrics (eval/turn<k>/accuracy, "
+                                "m1@t1, delta_i_to_c, …; `samples` episodes per problem). Default: the multi-turn "
+                                "learner's own (rise, score), else 1."
+    )
+    feedback: Optional[Literal["none", "binary", "verifier"]] = Field(
+        None, description="Feedback between held-out turns (default: the multi-turn learner's own, else binary)."
+    )
+    neutral: Optional[str] = Field(
+        None, description="The re-ask after a held-out attempt not called wrong (default: the learner's own)."
+    )
+    stop_when_correct: Optional[bool] = Field(
+        None, description="End a held-out episode at its first right attempt (default: the learner's own, else no)."
+    )
 
 
 LEARNERS = {
     "policy_gradient": (PolicyGradientConfig, PolicyGradient),
     "rejection_sampling": (RejectionSamplingConfig, RejectionSampling),
     "preference": (PreferenceConfig, PreferenceLearning),
+    "rise": (RiseConfig, Rise),
+    "score": (ScoreConfig, Score),
 }
 """learner kind → (its config section, the learner built from a LearnerContext and that section)."""
 
@@ -127,6 +150,29 @@ def eval_metrics(result: EvalResult) -> dict[str, float]:
     return out
 
 
+def turn_eval_metrics(result: TurnEvalResult) -> dict[str, float]:
+    """A turn-wise evaluation as flat run-store metrics, like `eval_metrics`; its tokens per
+    problem (over all turns) as eval/turns/tokens_per_problem."""
+    out = {}
+    for name, m in result.metrics.items():
+        key = "eval/turns/tokens_per_problem" if name == "tokens_per_problem" else f"eval/{name}"
+        out[key], out[f"{key}/lo"], out[f"{key}/hi"] = m.value, m.ci[0], m.ci[1]
+    return out
+
+
+def eval_episodes(cfg: RunConfig) -> EpisodeSettings:
+    """The held-out episodes of a run: `eval.turns/feedback/neutral/stop_when_correct`, each
+    defaulting to the multi-turn learner's own episodes, else one turn (no turn metrics)."""
+    own = (cfg.learner.episodes() if isinstance(cfg.learner, MultiTurnConfig)
+           else EpisodeSettings(1, "binary", NEUTRAL_FEEDBACK))
+    e = cfg.eval
+    return EpisodeSettings(
+        own.turns if e.turns is None else e.turns, e.feedback or own.feedback,
+        own.neutral if e.neutral is None else e.neutral,
+        own.stop_when_correct if e.stop_when_correct is None else e.stop_when_correct,
+    )
+
+
 def metrics_from_store(rows, step: int) -> dict[str, dict]:
     """{"pass@1": {"value": v, "ci": [lo, hi]}, …} of the evaluation stored at `step`."""
     at = {r.name: r.value for r in rows if r.step == step and r.name.startswith("eval/")}
@@ -163,6 +209,7 @@ class Trainer:
             seed=cfg.seed, log_completions=cfg.log_completions,
         )
         self.learner: Learner = LEARNERS[cfg.learner.kind][1](ctx, cfg.learner)
+        self.eval_episodes = eval_episodes(cfg)
         self.pool = self.task.problems("train", max(4096, cfg.problems_per_step), cfg.seed)
         self.store = RunStore(self.run_dir)
 
@@ -203,12 +250,21 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
 
-    def evaluate(self) -> EvalResult:
-        e = self.cfg.eval
-        return evaluate(
+    def evaluate(self) -> dict[str, float]:
+        """The held-out evaluation as run-store metrics: pass@k, maj@k, and the turn metrics
+        when the run's held-out episodes have more than one turn."""
+        e, episodes = self.cfg.eval, self.eval_episodes
+        metrics = eval_metrics(evaluate(
             self.policy, self.task, n_problems=e.problems, samples=e.samples, ks=e.ks,
             temperature=e.temperature, seed=self.cfg.seed, progress=False,
-        )
+        ))
+        if episodes.turns > 1:
+            metrics.update(turn_eval_metrics(evaluate_turns(
+                self.policy, self.task, turns=episodes.turns, n_problems=e.problems, episodes_per_problem=e.samples,
+                feedback=episodes.feedback, neutral=episodes.neutral, stop_when_correct=episodes.stop_when_correct,
+                temperature=e.temperature, seed=self.cfg.seed,
+            )))
+        return metrics
 
     def train_step(self, step: int):
         """One learner step on the step's problems; returns its StepOutput."""
@@ -224,7 +280,7 @@ class Trainer:
         if store.last_step() is None:
             base = self.evaluate()
             with store.step(0) as w:
-                w.metrics(eval_metrics(base))
+                w.metrics(base)
         train_seconds = sum(r.value for r in store.metrics("train_step_seconds"))
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -248,8 +304,8 @@ class Trainer:
                     t_eval = time.perf_counter()
                     result = self.evaluate()
                     eval_seconds = time.perf_counter() - t_eval
-                    metrics.update(eval_metrics(result), eval_seconds=eval_seconds)
-                    bar.update(job, ev=f"{result.metrics['pass@1'].value:.2f}" if "pass@1" in result.metrics else "-")
+                    metrics.update(result, eval_seconds=eval_seconds)
+                    bar.update(job, ev=f"{result['eval/pass@1']:.2f}" if "eval/pass@1" in result else "-")
                 ckpt = self.save_checkpoint(step) if step % cfg.checkpoint_every == 0 or step == cfg.steps else None
                 metrics["step_seconds"] = time.perf_counter() - t0
                 # the step's wall time without the held-out evaluation: sampling, scoring,

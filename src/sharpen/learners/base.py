@@ -13,11 +13,13 @@ and the new weights. Learners share functions, never base classes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from sharpen.episodes import Episode, next_prompt
 from sharpen.models.base import SamplingParams
 from sharpen.rollouts import RolloutBatch, RolloutProducer
 from sharpen.runs import CompletionRecord
@@ -70,6 +72,28 @@ class StepOutput:
     records: list[CompletionRecord] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """The multi-turn episodes a learner trains on (`sharpen.episodes.run_episodes`)."""
+
+    turns: int
+    """Attempts per episode (T)."""
+    feedback: str
+    """What the model is told between attempts: none, binary or verifier."""
+    neutral: str
+    """The re-ask after an attempt not called wrong (every attempt with feedback none)."""
+    stop_when_correct: bool = False
+    """End an episode at its first right attempt (the checker as an oracle)."""
+
+
+@runtime_checkable
+class MultiTurnConfig(Protocol):
+    """A learner config whose learner trains on multi-turn episodes (rise, score). The loop's
+    held-out turn evaluation uses the same episodes unless the run's `eval` section overrides them."""
+
+    def episodes(self) -> EpisodeSettings: ...
+
+
 class Learner(Protocol):
     def step(self, step: int, problems: list[Problem]) -> StepOutput: ...
 
@@ -112,6 +136,32 @@ def batch_records(batch: RolloutBatch, groups: int) -> list[CompletionRecord]:
     return records
 
 
+def episode_metrics(episodes: Sequence[Episode], turns: int) -> dict[str, float]:
+    """train/turn<k>/accuracy of the step's rollouts for k = 1..`turns` (an episode that
+    stopped early keeps its last verdict, as in `evaluation.turns`); train/accuracy is the
+    last turn's."""
+    out = {}
+    for k in range(1, turns + 1):
+        right = [e.turns[min(k, len(e.turns)) - 1].correct is True for e in episodes]
+        out[f"train/turn{k}/accuracy"] = sum(right) / len(right)
+    out["train/accuracy"] = out[f"train/turn{turns}/accuracy"]
+    return out
+
+
+def episode_records(episodes: Sequence[Episode], rewards: Sequence[Sequence[float]]) -> list[CompletionRecord]:
+    """Every attempt of the given episodes for the run store, with the history it answered;
+    rewards[i][t] is the reward of episode i's attempt t."""
+    records = []
+    for e, episode_rewards in zip(episodes, rewards):
+        for t, (turn, reward) in enumerate(zip(e.turns, episode_rewards)):
+            records.append(CompletionRecord(
+                problem_id=e.problem.id, prompt=str(next_prompt(e.problem, e.turns[:t])),
+                completion=turn.completion.text, reward=reward,
+                extras={"turn": t + 1, "feedback": turn.feedback, "tokens": turn.tokens},
+            ))
+    return records
+
+
 def optimizer_step(model, optimizer, loss: torch.Tensor, grad_clip: float, lr: float,
                    diagnostics: Optional[dict] = None) -> float:
     """backward → clip → step at learning rate `lr`; returns the gradient norm.
@@ -130,6 +180,27 @@ def optimizer_step(model, optimizer, loss: torch.Tensor, grad_clip: float, lr: f
         raise NonFiniteLossError(f"the gradient norm is {grad_norm.item()} (loss {loss.item()})")
     optimizer.step()
     return grad_norm.item()
+
+
+@contextmanager
+def using_model(policy, model) -> Iterator[None]:
+    """Within the block, `policy` samples and scores with `model` (e.g. a frozen copy of its
+    initial weights) instead of its live model."""
+    live = policy.model
+    policy.model = model
+    try:
+        yield
+    finally:
+        policy.model = live
+
+
+@torch.no_grad()
+def reference_logprobs(policy, reference, prompt_ids: Sequence[Sequence[int]],
+                       completion_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """log π_ref(y_t | x, y_<t) of given completions, (B, T), under `reference` (a frozen copy
+    of the policy's initial model) instead of the policy's live model."""
+    with using_model(policy, reference):
+        return policy.score_tokens(prompt_ids, completion_ids).logprobs
 
 
 def adamw(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

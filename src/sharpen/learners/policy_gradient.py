@@ -22,7 +22,7 @@ from pydantic import Field
 from sharpen.config import ConfigModel
 from sharpen.learners.advantages import bnpo_decomposed, get_advantage_estimator, get_sample_weighting
 from sharpen.learners.base import (
-    LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
+    LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, reference_logprobs, step_seed,
 )
 from sharpen.learners.losses import clipped_surrogate, get_loss_aggregation
 from sharpen.rollouts import Rollout
@@ -162,8 +162,7 @@ class PolicyGradient:
         adv = (advantages * w).reshape(-1)  # (B,)
         ref = None
         if self.reference is not None:
-            with torch.no_grad():
-                ref = self.reference_logprobs(prompt_ids, completion_ids, T)
+            ref = reference_logprobs(self.policy, self.reference, prompt_ids, completion_ids)[:, :T]
         loss, diag = clipped_surrogate(
             logp, old, adv, mask, eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
             aggregation=self.cfg.aggregation, max_len=max(self.max_new_tokens, T),
@@ -176,16 +175,6 @@ class PolicyGradient:
         entropy = ((scores.entropy * mask).sum() / mask.sum().clamp(min=1)).item()
         return {**diag, "entropy": entropy, "grad_norm": grad_norm, "lr": self.cfg.lr * factor,
                 "tokens": mask.sum().item()}
-
-    def reference_logprobs(self, prompt_ids, completion_ids, T: int) -> torch.Tensor:
-        """log π_ref of the completions, (B, T), from the frozen initial model."""
-        live = self.policy.model
-        self.policy.model = self.reference
-        try:
-            ref = self.policy.score_tokens(prompt_ids, completion_ids).logprobs
-        finally:
-            self.policy.model = live
-        return ref[:, :T]
 
     # ---- resume --------------------------------------------------------------------------
 

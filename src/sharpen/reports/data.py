@@ -3,8 +3,8 @@
 Naming convention of the store (written by the training loop):
 - training metrics at steps 1..N (`reward/mean`, `loss`, `approx_kl`, ...);
 - held-out evaluations at some steps (step 0 = the base model), `eval/<metric>` with the 95%
-  interval as `eval/<metric>/lo` and `eval/<metric>/hi`; multi-turn runs may log
-  `eval/turn<k>/accuracy`.
+  interval as `eval/<metric>/lo` and `eval/<metric>/hi`; multi-turn runs (rise, score) also log
+  `eval/turn<k>/accuracy` and the other turn metrics of `evaluation.turns`.
 `summary.json` (absent while a run is unfinished) holds
 `{"baseline": {metric: {"value": v, "ci": [lo, hi]}}, "final": {...}, "wall_seconds": s, ...}`.
 """

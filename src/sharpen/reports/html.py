@@ -32,7 +32,13 @@ from sharpen.reports.data import (
     eval_curves,
     load_run,
 )
-from sharpen.reports.plots import plot_comparison, plot_eval_curves, plot_training_curves, plot_turn_accuracy
+from sharpen.reports.plots import (
+    plot_comparison,
+    plot_eval_curves,
+    plot_training_curves,
+    plot_turn_accuracy,
+    plot_turn_comparison,
+)
 
 PathLike = Union[str, Path]
 
@@ -280,10 +286,11 @@ def _report_link(run: RunData, page: Path) -> Any:
 
 
 def compare_runs(run_dirs: Sequence[PathLike], out: PathLike) -> Path:
-    """Write one HTML page comparing runs: held-out curves overlaid, baseline → final per run.
+    """Write one HTML page comparing runs: held-out curves overlaid, baseline → final per run,
+    and, for runs with turn metrics, accuracy per turn of each base model next to the trained one.
 
     `out` is the HTML file (ending in .html) or a directory to write `compare.html` into; the
-    PNG is written beside it. Every run directory must hold a run.sqlite.
+    PNGs are written beside it. Every run directory must hold a run.sqlite.
     """
     if not run_dirs:
         raise ValueError("compare_runs needs at least one run directory")
@@ -293,6 +300,7 @@ def compare_runs(run_dirs: Sequence[PathLike], out: PathLike) -> Path:
     curves = [eval_curves(r.series) for r in runs]
     plotted = _shared(curves)[:MAX_COMPARED_METRICS]
     png = plot_comparison(list(zip(labels, curves)), plotted, path.parent / f"{path.stem}-eval.png")
+    turns_png = plot_turn_comparison(list(zip(labels, curves)), path.parent / f"{path.stem}-turns.png")
 
     results = [before_after(r) for r in runs]
     by_metric = [{row.metric: row for row in rows} for rows, _ in results]
@@ -311,6 +319,8 @@ def compare_runs(run_dirs: Sequence[PathLike], out: PathLike) -> Path:
         else _note("The runs share no held-out metric."),
         "<h2>Held-out evaluations</h2>",
         _img(png, "held-out metrics of each run against step") if png else _note("No shared held-out evaluations."),
+        *(["<h2>Accuracy per turn</h2>", _img(turns_png, "held-out accuracy per turn, base and trained, of each run")]
+          if turns_png else []),
         "<h2>Runs</h2>",
         _table(
             ["run", "directory", "last step", "report"],

@@ -219,22 +219,54 @@ def plot_turn_accuracy(curves: dict[str, EvalCurve], path: Union[str, Path]) -> 
     fig, (ax,) = _figure(1)
     cmap = matplotlib.colormaps["viridis"]
     for j, step in enumerate(shown):
-        x, y, lo, hi = [], [], [], []
-        for k, curve in turns.items():
-            if step in curve.steps:
-                i = curve.steps.index(step)
-                x.append(k), y.append(curve.values[i]), lo.append(curve.lo[i]), hi.append(curve.hi[i])
-        y_, lo_, hi_ = (np.asarray(a, dtype=float) for a in (y, lo, hi))
-        yerr = np.clip(np.stack([y_ - lo_, hi_ - y_]), 0.0, None)  # (2, turns); NaN = no bar
+        x, y, yerr = _turn_points(turns, step)
         role = " (base)" if step == 0 else " (final)" if step == all_steps[-1] else ""
         color = cmap(j / max(1, len(shown) - 1) * 0.9)
-        ax.errorbar(x, y_, yerr=yerr, color=color, marker="o", capsize=3, label=f"step {step}{role}")
+        ax.errorbar(x, y, yerr=yerr, color=color, marker="o", capsize=3, label=f"step {step}{role}")
     ax.set_xticks(list(turns))
     ax.set_xlabel("turn")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("accuracy per turn (95% interval)")
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _turn_points(turns: dict[int, EvalCurve], step: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(turns, accuracy, error bars (2, n)) of the evaluation at `step`, for the turns it has."""
+    x, y, lo, hi = [], [], [], []
+    for k, curve in turns.items():
+        if step in curve.steps:
+            i = curve.steps.index(step)
+            x.append(k), y.append(curve.values[i]), lo.append(curve.lo[i]), hi.append(curve.hi[i])
+    y_, lo_, hi_ = (np.asarray(a, dtype=float) for a in (y, lo, hi))
+    return x, y_, np.clip(np.stack([y_ - lo_, hi_ - y_]), 0.0, None)  # NaN = no bar
+
+
+def plot_turn_comparison(runs: Sequence[tuple[str, dict[str, EvalCurve]]], path: Union[str, Path]) -> Optional[Path]:
+    """Accuracy against turn for several runs: each run's base model (step 0, dashed) next to
+    its last evaluation (solid), in the run's colour, with 95% intervals. Runs without turn
+    metrics are left out; None if no run has any."""
+    drawn = [(label, turns) for label, curves in runs if (turns := turn_curves(curves))]
+    if not drawn:
+        return None
+    fig, (ax,) = _figure(1)
+    ticks: set[int] = set()
+    for i, (label, turns) in enumerate(drawn):
+        steps = sorted({s for c in turns.values() for s in c.steps})
+        shown = [(steps[0], "--", "base" if steps[0] == 0 else f"step {steps[0]}")]
+        if steps[-1] != steps[0]:
+            shown.append((steps[-1], "-", f"step {steps[-1]}"))
+        for step, style, role in shown:
+            x, y, yerr = _turn_points(turns, step)
+            ax.errorbar(x, y, yerr=yerr, color=_color(i), ls=style, marker="o", capsize=3, label=f"{label}: {role}")
+        ticks |= set(turns)
+    ax.set_xticks(sorted(ticks))
+    ax.set_xlabel("turn")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("accuracy per turn: base (dashed) and trained (95% interval)")
+    ax.legend(fontsize="x-small")
     return _save(fig, path)
 
 
