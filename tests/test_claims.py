@@ -58,3 +58,16 @@ def test_the_real_default_model_loads_through_the_auto_classes():
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert model.config.model_type == "llama" and tokenizer.chat_template
     assert 500_000 < sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_rise_example_corrects_on_turn_two_and_holds_turn_one(tmp_path):
+    summary = run_config(load_config(EXAMPLES / "rise.yaml", RunConfig), tmp_path / "rise", progress=False)
+    base, final = summary["baseline"], summary["final"]
+    assert final["turn2/accuracy"]["value"] >= final["turn1/accuracy"]["value"] + 0.10, final
+    assert abs(final["turn1/accuracy"]["value"] - base["turn1/accuracy"]["value"]) <= 0.02, (base, final)
+
+
+def test_score_example_fixes_more_answers_than_it_breaks(tmp_path):
+    summary = run_config(load_config(EXAMPLES / "score.yaml", RunConfig), tmp_path / "score", progress=False)
+    fixed, broken = summary["final"]["delta_i_to_c"], summary["final"]["delta_c_to_i"]
+    assert fixed["ci"][0] > broken["ci"][1], summary["final"]  # disjoint 95% intervals

@@ -265,7 +265,7 @@ def plot_turn_comparison(runs: Sequence[tuple[str, dict[str, EvalCurve]]], path:
     ax.set_xlabel("turn")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("accuracy per turn: base (dashed) and trained (95% interval)")
+    ax.set_title("accuracy per turn, base dashed (95% CI)")
     ax.legend(fontsize="x-small")
     return _save(fig, path)
 
