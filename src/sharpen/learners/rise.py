@@ -29,7 +29,8 @@ With binary feedback the history carries "wrong" after each wrong attempt, so th
 turn learns to fix what was called wrong; after a right attempt the episode goes on with the
 neutral re-ask (unless `stop_when_correct`), and its improved turn is one that stays right.
 Signals that read the model (likelihood, self_judge) score a candidate against the problem's
-own prompt, not the history.
+own prompt, not the history. The rollouts read the task's checker whatever the reward: it
+decides the feedback and the logged turn accuracies.
 """
 
 from __future__ import annotations

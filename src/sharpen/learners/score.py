@@ -23,7 +23,8 @@ later ones are held near the sampling policy by the clip).
 
 Each attempt's advantage comes from its own reward (r1, or r̂2), not from the episode's
 summed return: with the sum, attempt 1 would get (1 − α)·r1 + …, a reward for being wrong
-first whenever α > 1, which is the collapse the bonus is meant to prevent.
+first whenever α > 1, which is the collapse the bonus is meant to prevent. The episodes read
+the task's checker whatever the reward (for the feedback and the logged turn accuracies).
 """
 
 from __future__ import annotations
