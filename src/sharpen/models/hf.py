@@ -68,6 +68,9 @@ class HFPolicy:
         self.last_logits_only = {"logits_to_keep": 1} if takes_keep else {}
         """Forward kwargs that compute logits at the last position only (a prompt's full
         logits are (B, L, V): gigabytes for a 150k vocabulary)."""
+        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        """The KV cache's name in forward's arguments and outputs: `cache` from transformers 5.24,
+        `past_key_values` before (deprecated in 5.24, to be removed in 5.40)."""
 
     @classmethod
     def load(
@@ -151,7 +154,7 @@ class HFPolicy:
 
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **self.last_logits_only)
-        cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # (B, V)
+        cache, logits = getattr(out, self.cache_name), out.logits[:, -1, :].float()  # (B, V)
         next_pos = positions[:, -1] + 1  # (B,)
         tokens = torch.zeros((B, params.max_new_tokens), dtype=torch.long)
         logprobs = torch.zeros((B, params.max_new_tokens))
@@ -189,9 +192,9 @@ class HFPolicy:
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
             out = self.model(
                 input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                past_key_values=cache, use_cache=True,
+                use_cache=True, **{self.cache_name: cache},
             )
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            cache, logits = getattr(out, self.cache_name), out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
         ids = [row[:n] for row, n in zip(tokens.tolist(), lengths)]
