@@ -19,7 +19,7 @@ from sharpen.models import SamplingParams, load_policy
 from sharpen.signals.reward import Reward
 from sharpen.tasks import get_task
 
-SIGNALS = ("likelihood", "self_certainty", "self_judge", "majority_vote")
+SIGNALS = ("likelihood", "self_certainty", "self_judge", "pairwise_judge", "majority_vote")
 
 
 def auroc(right: list[float], wrong: list[float]) -> float:

@@ -167,7 +167,8 @@ LABEL_FREE_RUNS = [
     ("likelihood", {"kind": "rejection_sampling", "select": "best"}),  # sharpening SFT
     ("self_judge", {"kind": "rejection_sampling", "select": "best"}),
     ("majority_vote", {"kind": "preference", "pairs": "consistency"}),  # ScPO
-    ("self_judge", {"kind": "preference", "pairs": "judge"}),  # Self-Rewarding
+    ("self_judge", {"kind": "preference", "pairs": "judge"}),  # Self-Rewarding, pointwise judge
+    ("pairwise_judge", {"kind": "preference", "pairs": "judge"}),  # Self-Rewarding, both orders
 ]
 
 

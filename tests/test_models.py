@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sharpen.models import SamplingParams
 from sharpen.models.embedded import ConversationEncoder, build_tokenizer, corrupt, ensure_default_model, model_dir
-from sharpen.models.formats import WRONG_FEEDBACK, judge_messages, retry_messages
+from sharpen.models.formats import WRONG_FEEDBACK, judge_messages, pairwise_messages, retry_messages
 from sharpen.models.hf import top_p_filter
 
 PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [WRONG_FEEDBACK])]
@@ -58,6 +58,25 @@ def test_judge_and_retry_formats():
     assert [m["role"] for m in PROMPTS[2]] == ["user", "assistant", "user"]
     with pytest.raises(ValueError, match="2 attempts but 1"):
         retry_messages("1+1=", ["3", "4"], ["wrong"])
+
+
+def test_pairwise_format_and_its_training_examples():
+    import random
+
+    from sharpen.models.embedded import MixturePart, example
+    from sharpen.tasks import get_task
+
+    assert pairwise_messages("3+4=", "7", "8") == [{"role": "user", "content": "3+4= A:7 B:8 which?"}]
+    task = get_task("addition", digits=2)
+    rng = random.Random(0)
+    verdicts = []
+    for problem in task.problems("train", 200, 0):
+        (ask, reply) = example(MixturePart("compare", "addition", {"digits": 2}), task, problem, rng, noise=0.6)
+        shown = ask["content"].removeprefix(problem.prompt + " A:").removesuffix(" which?").split(" B:")
+        right = shown.index(problem.answer)  # the reference is one of the two answers shown, exactly once
+        assert shown.count(problem.answer) == 1 and reply == {"role": "assistant", "content": "AB"[right]}
+        verdicts.append(reply["content"])
+    assert 0.4 < verdicts.count("A") / len(verdicts) < 0.6  # the right answer is first or second at random
 
 
 def test_corrupt_changes_exactly_one_digit():

@@ -17,8 +17,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sharpen.models.base import Completion, SamplingParams
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES, judge_messages
+from sharpen.models.formats import JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, judge_messages, pairwise_messages
 from sharpen.models.hf import HFPolicy
+from sharpen.signals.judge import pairwise_preferences, round_robin_scores
 from sharpen.signals import (
     SIGNALS,
     Component,
@@ -260,8 +261,74 @@ def test_self_judge_is_the_normalised_yes_probability(policy):
     assert len({round(s, 6) for row in got for s in row}) > 1  # not a constant
 
 
+def test_pairwise_preferences_average_both_orders_by_hand():
+    # first_wins[i, j]: P(judge picks the first shown) with i first and j second
+    wins = torch.tensor([[0.0, 0.9, 0.6],
+                         [0.7, 0.0, 0.2],
+                         [0.5, 0.4, 0.0]])
+    pref = pairwise_preferences(wins)
+    # P(0 ≻ 1) = ½(0.9 + 1 − 0.7) = 0.6; P(0 ≻ 2) = ½(0.6 + 1 − 0.5) = 0.55; P(1 ≻ 2) = ½(0.2 + 1 − 0.4) = 0.4
+    want = torch.tensor([[0.5, 0.6, 0.55],
+                         [0.4, 0.5, 0.4],
+                         [0.45, 0.6, 0.5]])
+    assert torch.allclose(pref, want)
+    assert torch.allclose(pref + pref.T, torch.ones(3, 3))
+    # a judge that always picks the first position (or always the second) prefers nothing
+    assert torch.equal(pairwise_preferences(torch.ones(3, 3)), torch.full((3, 3), 0.5))
+    assert torch.equal(pairwise_preferences(torch.zeros(2, 2)), torch.full((2, 2), 0.5))
+    with pytest.raises(ValueError, match="square"):
+        pairwise_preferences(torch.zeros(2, 3))
+
+
+def test_round_robin_scores_by_hand():
+    pref = torch.tensor([[0.5, 0.6, 0.55],
+                         [0.4, 0.5, 0.4],
+                         [0.45, 0.6, 0.5]])
+    # completions carry answers 0, 1, 0, 2: completion 0 meets its rivals 1 (0.6) and 2 (0.55),
+    # completion 1 meets 0 twice (0.4, 0.4) and 2 (0.4), completion 3 meets 0 twice and 1
+    got = round_robin_scores(pref, [0, 1, 0, 2])
+    want = [(0.6 + 0.55) / 2, (0.4 + 0.4 + 0.4) / 3, (0.6 + 0.55) / 2, (0.45 + 0.6 + 0.45) / 3]
+    assert got == pytest.approx(want)
+    assert round_robin_scores(pref, [2]) == [None]  # nothing to compare with
+    assert round_robin_scores(pref, [1, 1, 1]) == [None, None, None]  # the whole group agrees
+    assert round_robin_scores(pref, [1, 1, 0]) == pytest.approx([0.4, 0.4, 0.6])
+
+
+def test_pairwise_judge_asks_both_orders_of_every_distinct_pair(policy):
+    groups = [texts("42", "41", "42", "40"), texts("7"), texts("8", "9")]
+    problems = PROBLEMS + [Problem("p2", "5+4=", answer="9")]
+    got = build_signal("pairwise_judge", task=TASK, policy=policy)(problems, groups)
+    first = policy.tokenizer(PAIRWISE_FIRST, add_special_tokens=False)["input_ids"][0]
+    second = policy.tokenizer(PAIRWISE_SECOND, add_special_tokens=False)["input_ids"][0]
+
+    def first_wins(problem, a, b):  # one unbatched forward pass per ordered pair
+        ids = torch.tensor([policy.encode(pairwise_messages(problem.prompt, a, b))])
+        with torch.no_grad():
+            p = policy.model(input_ids=ids).logits[0, -1].softmax(-1)  # (V,)
+        return (p[first] / (p[first] + p[second])).item()
+
+    def prefer(problem, a, b):
+        return 0.5 * (first_wins(problem, a, b) + 1 - first_wins(problem, b, a))
+
+    for problem, group, row in zip(problems, groups, got):
+        if len(group) == 1:
+            assert row == [None]
+            continue
+        for c, score in zip(group, row):
+            rivals = [prefer(problem, c.text, d.text) for d in group if d.text != c.text]
+            assert score == pytest.approx(sum(rivals) / len(rivals), abs=1e-5)
+    assert got[0][0] == got[0][2]  # equal texts, equal scores
+    assert got[2][0] == pytest.approx(1 - got[2][1], abs=1e-6)  # two answers: the preferences sum to 1
+    assert len({round(s, 6) for s in got[0]}) > 1  # not a constant
+
+
+def test_pairwise_judge_replies_must_differ():
+    with pytest.raises(SignalOptionError, match="different"):
+        build_signal("pairwise_judge", task=TASK, policy=SimpleNamespace(tokenizer=None, choice_logprobs=None), first="A", second="A")
+
+
 def test_policy_signals_need_a_policy():
-    for name in ("self_certainty", "self_judge"):
+    for name in ("self_certainty", "self_judge", "pairwise_judge"):
         with pytest.raises(SignalOptionError, match=rf"{name}.*no policy was given"):
             build_signal(name, task=TASK)
 
@@ -273,7 +340,8 @@ def test_policy_signals_refuse_a_policy_that_only_samples():
 
     for name, options, missing in [("self_certainty", {}, "tokenizer, encode, score_tokens"),
                                    ("likelihood", {"source": "policy"}, "tokenizer, encode, score_tokens"),
-                                   ("self_judge", {}, "tokenizer, choice_logprobs")]:
+                                   ("self_judge", {}, "tokenizer, choice_logprobs"),
+                                   ("pairwise_judge", {}, "tokenizer, choice_logprobs")]:
         with pytest.raises(SignalOptionError, match=rf"{name}.*SamplesOnly has no {missing}"):
             build_signal(name, task=TASK, policy=SamplesOnly(), **options)
     # likelihood from the logprobs that came with the samples needs nothing more

@@ -6,8 +6,8 @@ One loop step is one round (METHODS.md §3):
     pairs      correctness: correct ≻ incorrect (IRPO; the correctness reward must be present)
                consistency: most-voted ≻ least-voted answer, weighted by the vote margin (ScPO,
                             no labels)
-               judge:       highest ≻ lowest total reward, e.g. the model's own self_judge score
-                            (Self-Rewarding, no labels)
+               judge:       highest ≻ lowest total reward, e.g. the model's own pairwise_judge
+                            (both orders) or self_judge score (Self-Rewarding, no labels)
     reference  round: the model at the start of the round (each round's model makes the next
                round's pairs and reference, as in Iterative RPO and Self-Rewarding); base: the
                initial model throughout

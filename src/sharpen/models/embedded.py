@@ -4,12 +4,14 @@ No model hub is reachable on the machines sharpen is developed on, and self-impr
 best measured on a model that is *weak but not hopeless*: it knows more than it says
 (pass@8 far above pass@1). So sharpen makes one. A character-level tokenizer and a 4-layer
 Llama (~0.86M parameters) are trained for a few minutes on a mixture of procedural tasks
-in three formats:
+in four formats:
 
-- solve:  user "37+58="            → assistant "95"   (60% of targets have one digit
-  replaced at random, which is what makes the model unsure yet well-informed)
-- judge:  user "37+58=96 right?"   → assistant "no"   (clean labels)
-- retry:  user "37+58=", assistant "96", user "wrong" → assistant "95" (a new answer)
+- solve:    user "37+58="                   → assistant "95"   (60% of targets have one
+  digit replaced at random, which is what makes the model unsure yet well-informed)
+- judge:    user "37+58=96 right?"          → assistant "no"   (clean labels)
+- compare:  user "37+58= A:96 B:95 which?"  → assistant "B"    (clean labels, the right
+  answer shown first or second at random)
+- retry:    user "37+58=", assistant "96", user "wrong" → assistant "95" (a new answer)
 
 The result is saved with `save_pretrained` (model, tokenizer, chat template) in a cache
 directory keyed by the build recipe, so the Auto classes load it like any checkpoint.
@@ -32,7 +34,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES, WRONG_FEEDBACK, judge_messages, retry_messages
+from sharpen.models.formats import (
+    JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, WRONG_FEEDBACK, judge_messages, pairwise_messages,
+    retry_messages,
+)
 from sharpen.tasks import Problem, Task, get_task
 from sharpen.tasks.base import Message
 
@@ -53,7 +58,7 @@ class MixturePart:
     """One slice of the training mixture: a format applied to a task's train split."""
 
     format: str
-    """"solve", "judge" or "retry"."""
+    """"solve", "judge", "compare" or "retry"."""
     task: str
     options: dict = field(default_factory=dict)
     weight: float = 1.0
@@ -79,11 +84,12 @@ class Recipe:
     noise: float = 0.6
     """Fraction of solve and retry targets with one digit replaced at random."""
     mixture: tuple[MixturePart, ...] = (
-        MixturePart("solve", "addition", {"digits": 2}, 0.55),
+        MixturePart("solve", "addition", {"digits": 2}, 0.51),
         MixturePart("solve", "addition", {"digits": 1}, 0.02),
         MixturePart("solve", "multiplication", {"digits": 1}, 0.06),
         MixturePart("solve", "countdown", {"numbers": 3}, 0.05),
-        MixturePart("judge", "addition", {"digits": 2}, 0.12),
+        MixturePart("judge", "addition", {"digits": 2}, 0.08),
+        MixturePart("compare", "addition", {"digits": 2}, 0.08),
         MixturePart("retry", "addition", {"digits": 2}, 0.20),
     )
 
@@ -179,13 +185,19 @@ def example(part: MixturePart, task: Task, problem: Problem, rng: random.Random,
         shown = gold if right else corrupt(gold, rng)
         verdict = JUDGE_YES if right or shown == gold else JUDGE_NO
         return judge_messages(problem.prompt, shown) + [{"role": "assistant", "content": verdict}]
+    if part.format == "compare":
+        wrong = corrupt(gold, rng)
+        gold_first = rng.random() < 0.5
+        first, second = (gold, wrong) if gold_first else (wrong, gold)
+        verdict = PAIRWISE_FIRST if gold_first else PAIRWISE_SECOND
+        return pairwise_messages(problem.prompt, first, second) + [{"role": "assistant", "content": verdict}]
     if part.format == "retry":
         wrong = [corrupt(gold, rng)]
         while noisy in wrong:  # a retry never repeats an answer already called wrong
             noisy = corrupt(gold, rng)
         history = retry_messages(problem.prompt, wrong, [WRONG_FEEDBACK] * len(wrong))
         return history + [{"role": "assistant", "content": noisy}]
-    raise ValueError(f"unknown mixture format {part.format!r}; use solve, judge or retry")
+    raise ValueError(f"unknown mixture format {part.format!r}; use solve, judge, compare or retry")
 
 
 class Mixture:

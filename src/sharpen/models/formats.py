@@ -1,7 +1,8 @@
 """The conversation formats sharpen's loop asks a model to follow, as chat messages.
 
-Besides answering a problem, self-improvement needs two more things from a model: to judge
-an answer ("is this right? yes/no") and to try again after being told an attempt was wrong.
+Besides answering a problem, self-improvement needs more from a model: to judge an answer
+("is this right? yes/no"), to compare two answers ("which of A and B is right?") and to try
+again after being told an attempt was wrong.
 The embedded default model is trained on exactly these formats, and the same messages go
 through any other model's chat template unchanged.
 """
@@ -15,6 +16,9 @@ from sharpen.tasks.base import Message, Prompt
 JUDGE_SUFFIX = " right?"
 JUDGE_YES = "yes"
 JUDGE_NO = "no"
+PAIRWISE_SUFFIX = " which?"
+PAIRWISE_FIRST = "A"
+PAIRWISE_SECOND = "B"
 WRONG_FEEDBACK = "wrong"
 """The binary feedback after a wrong attempt (RISE's and SCoRe's "your answer is incorrect")."""
 
@@ -37,6 +41,13 @@ def question_text(prompt: Prompt) -> str:
 def judge_messages(prompt: Prompt, answer: str) -> list[Message]:
     """Ask whether `answer` answers `prompt`; a judge replies JUDGE_YES or JUDGE_NO."""
     return [{"role": "user", "content": f"{question_text(prompt)}{answer}{JUDGE_SUFFIX}"}]
+
+
+def pairwise_messages(prompt: Prompt, first: str, second: str) -> list[Message]:
+    """Ask which of two answers to `prompt` is right, `first` shown as A and `second` as B;
+    a judge replies PAIRWISE_FIRST or PAIRWISE_SECOND."""
+    return [{"role": "user", "content": f"{question_text(prompt)} {PAIRWISE_FIRST}:{first} "
+                                        f"{PAIRWISE_SECOND}:{second}{PAIRWISE_SUFFIX}"}]
 
 
 def retry_messages(prompt: Prompt, attempts: Sequence[str], feedback: Sequence[str]) -> list[Message]:

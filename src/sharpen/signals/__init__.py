@@ -20,7 +20,7 @@ from sharpen.signals.base import (
     UnknownSignalError,
 )
 from sharpen.signals.confidence import Likelihood, SelfCertainty
-from sharpen.signals.judge import SelfJudge
+from sharpen.signals.judge import PairwiseJudge, SelfJudge
 from sharpen.signals.majority import MajorityVote, majority_answer
 from sharpen.signals.registry import SIGNALS, build_signal
 from sharpen.signals.reward import Component, Reward, RewardResult, RewardSpec
@@ -34,6 +34,7 @@ __all__ = [
     "Format",
     "Likelihood",
     "MajorityVote",
+    "PairwiseJudge",
     "Reward",
     "RewardFunctionError",
     "RewardResult",

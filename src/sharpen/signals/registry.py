@@ -13,10 +13,10 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Optional
 
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES
+from sharpen.models.formats import JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND
 from sharpen.signals.base import ScoringPolicy, Signal, SignalOptionError, UnknownSignalError, require_policy
 from sharpen.signals.confidence import SCORING, Likelihood, SelfCertainty
-from sharpen.signals.judge import JUDGING, SelfJudge
+from sharpen.signals.judge import JUDGING, PairwiseJudge, SelfJudge
 from sharpen.signals.majority import MajorityVote
 from sharpen.signals.user import UserFunction, is_function_spec, load_reward_function
 from sharpen.signals.verifier import Correctness, Format
@@ -52,6 +52,12 @@ def self_judge(task: Task, policy: Optional[ScoringPolicy], yes: str = JUDGE_YES
     return SelfJudge(require_policy("self_judge", policy, JUDGING), yes=yes, no=no)
 
 
+def pairwise_judge(
+    task: Task, policy: Optional[ScoringPolicy], first: str = PAIRWISE_FIRST, second: str = PAIRWISE_SECOND
+) -> Signal:
+    return PairwiseJudge(require_policy("pairwise_judge", policy, JUDGING), first=first, second=second)
+
+
 SIGNALS: dict[str, SignalFactory] = {
     "correctness": correctness,
     "format": format_,
@@ -59,6 +65,7 @@ SIGNALS: dict[str, SignalFactory] = {
     "self_certainty": self_certainty,
     "likelihood": likelihood,
     "self_judge": self_judge,
+    "pairwise_judge": pairwise_judge,
 }
 
 
