@@ -136,8 +136,10 @@ def test_table_has_the_beats_column():
     c = compare_strategies(Scripted(samples), make_task(problems), ["single", "self_consistency-3"], problems=30)
     console = Console(record=True, width=200)
     console.print(c.table())
-    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") >= 4}
-    assert rows["self_consistency-3"].split("│")[4].strip() == "single"
+    rows = {line.split("│")[2].strip(): line for line in console.export_text().splitlines() if line.count("│") >= 5}
+    assert rows["single"].split("│")[1].strip() == "1" and rows["self_consistency-3"].split("│")[1].strip() == "2"
+    assert rows["self_consistency-3"].split("│")[5].strip() == "1"  # beats #1, single
+    assert rows["single"].split("│")[5].strip() == "—"
     assert "1.000 [1.000, 1.000]" in rows["self_consistency-3"]
 
 

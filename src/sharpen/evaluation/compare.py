@@ -158,22 +158,25 @@ class Comparison:
         }
 
     def table(self, title: Optional[str] = None) -> Table:
-        """A rich table: strategy, accuracy [95% CI], tokens/problem, which strategies it beats."""
+        """A rich table: #, strategy, accuracy [95% CI], tokens/problem, and the numbers (#) of
+        the strategies it is significantly more accurate than (numbers keep the table narrow)."""
         caption = (f"{self.n_problems} problems · seed {self.seed} · "
                    "beats = paired bootstrap over problems, 95% interval of the difference excludes 0")
         if self.budget is not None:
             caption += f" · budget {self.budget:g} tokens/problem"
         table = Table(title=title or f"strategies on {self.task}", caption=caption)
-        table.add_column("strategy")
-        table.add_column(f"accuracy [{CONFIDENCE:.0%} CI]", justify="right")
+        table.add_column("#", justify="right")
+        table.add_column("strategy", overflow="fold")
+        table.add_column(f"accuracy [{CONFIDENCE:.0%} CI]", justify="right", no_wrap=True)
         table.add_column("tokens / problem", justify="right")
-        table.add_column("beats (significant)")
+        table.add_column("beats #")
+        number = {s.spec: str(i) for i, s in enumerate(self.strategies, 1)}
         for s in self.strategies:
             tokens = f"{s.tokens_per_problem:.2f}"
             if s.over_budget:
                 tokens += " [red](over budget)[/red]"
-            table.add_row(s.spec, f"{s.accuracy:.3f} [{s.ci[0]:.3f}, {s.ci[1]:.3f}]", tokens,
-                          ", ".join(self.beats(s.spec)) or "—")
+            table.add_row(number[s.spec], s.spec, f"{s.accuracy:.3f} [{s.ci[0]:.3f}, {s.ci[1]:.3f}]", tokens,
+                          " ".join(number[b] for b in self.beats(s.spec)) or "—")
         return table
 
     def plot(self, path: str | Path) -> Path:

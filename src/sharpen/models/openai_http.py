@@ -24,8 +24,9 @@ carries an invented count. Consequences:
   lower bound in that case.
 
 What the policy cannot do: it has no tokenizer and no forward pass of its own, so signals
-and strategies that score completions with the model (`self_certainty`, `self_judge`, `pairwise_judge`,
-`likelihood` with source="policy", `self_refine`) refuse it when they are built.
+and strategies that score completions with the model (`self_certainty`, `self_judge`,
+`pairwise_judge`, `likelihood` with source="policy", `self_refine`) refuse it when they are
+built.
 `likelihood` with source="completion" reads the returned logprobs and works.
 """
 
