@@ -2,9 +2,10 @@
 
 Samples N completions for held-out problems, scores them with every label-free signal, and
 prints per signal: the mean score of right and of wrong completions, the score range, the
-AUROC (probability that a random right completion outscores a random wrong one, ties half)
-and the accuracy of best-of-N selection by that signal. A learner that trains on a signal
-can only be as good as this.
+AUROC (probability that a random right completion outscores a random wrong one, ties half),
+the accuracy of best-of-N selection by that signal, and what its best-vs-worst preference
+pairs (`judge_pairs`, the pairs of Self-Rewarding) are: right ≻ wrong, wrong ≻ right or
+wrong ≻ wrong. A learner that trains on a signal can only be as good as this.
 
     python benchmarks/signal_quality.py --problems 100 --samples 8
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections import Counter
 
+from sharpen.learners.pairs import judge_pairs
 from sharpen.models import SamplingParams, load_policy
 from sharpen.signals.reward import Reward
 from sharpen.tasks import get_task
@@ -48,7 +51,8 @@ def main() -> None:
     print("command: python benchmarks/signal_quality.py " + " ".join(sys.argv[1:]))
     print(f"{args.model} on {args.task}: {args.problems} problems × {args.samples} samples, "
           f"{sum(c == 1.0 for c in flat_correct) / len(flat_correct):.3f} of samples right")
-    print(f"{'signal':<16}{'right mean':>12}{'wrong mean':>12}{'min':>9}{'max':>9}{'AUROC':>8}{'best-of-N acc':>15}")
+    print(f"{'signal':<16}{'right mean':>12}{'wrong mean':>12}{'min':>9}{'max':>9}{'AUROC':>8}{'best-of-N acc':>15}"
+          f"{'pairs R>W':>11}{'W>R':>6}{'W>W':>6}")
     for name in SIGNALS:
         flat = [s for row in scores[name] for s in row]
         right = [s for s, c in zip(flat, flat_correct) if c == 1.0 and s is not None]
@@ -61,8 +65,17 @@ def main() -> None:
                 picks.append(row_c[best] == 1.0)
             else:
                 picks.append(False)
-        print(f"{name:<16}{statistics.mean(right):>12.3f}{statistics.mean(wrong):>12.3f}{min(flat):>9.3f}"
-              f"{max(flat):>9.3f}{auroc(right, wrong):>8.3f}{sum(picks) / len(picks):>15.3f}")
+        kinds = Counter()  # (chosen right, rejected right) of each best-vs-worst pair
+        for problem, group, row_s, row_c in zip(problems, groups, scores[name], correct):
+            position = {id(c): i for i, c in enumerate(group)}
+            for pair in judge_pairs(problem, group, row_s):
+                kinds[row_c[position[id(pair.chosen)]] == 1.0, row_c[position[id(pair.rejected)]] == 1.0] += 1
+        n_pairs = max(sum(kinds.values()), 1)
+        scored = right + wrong  # a signal's None ("does not apply") has no rank
+        print(f"{name:<16}{statistics.mean(right):>12.3f}{statistics.mean(wrong):>12.3f}{min(scored):>9.3f}"
+              f"{max(scored):>9.3f}{auroc(right, wrong):>8.3f}{sum(picks) / len(picks):>15.3f}"
+              f"{kinds[True, False] / n_pairs:>11.3f}{kinds[False, True] / n_pairs:>6.3f}"
+              f"{kinds[False, False] / n_pairs:>6.3f}")
 
 
 if __name__ == "__main__":
