@@ -17,7 +17,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sharpen.models.base import Completion, SamplingParams
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, judge_messages, pairwise_messages
+from sharpen.models.formats import (
+    JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, judge_messages, pairwise_messages,
+)
 from sharpen.models.hf import HFPolicy
 from sharpen.signals.judge import pairwise_preferences, round_robin_scores
 from sharpen.signals import (
@@ -324,7 +326,8 @@ def test_pairwise_judge_asks_both_orders_of_every_distinct_pair(policy):
 
 def test_pairwise_judge_replies_must_differ():
     with pytest.raises(SignalOptionError, match="different"):
-        build_signal("pairwise_judge", task=TASK, policy=SimpleNamespace(tokenizer=None, choice_logprobs=None), first="A", second="A")
+        scorer = SimpleNamespace(tokenizer=None, choice_logprobs=None)  # never called
+        build_signal("pairwise_judge", task=TASK, policy=scorer, first="A", second="A")
 
 
 def test_policy_signals_need_a_policy():
