@@ -17,7 +17,7 @@ import statistics
 import sys
 from collections import Counter
 
-from sharpen.learners.pairs import judge_pairs
+from sharpen.learners.preference.pairs import judge_pairs
 from sharpen.models import SamplingParams, load_policy
 from sharpen.signals.reward import Reward
 from sharpen.tasks import get_task

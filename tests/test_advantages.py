@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sharpen.learners.advantages import (
+from sharpen.learners.policy_gradient.advantages import (
     ADVANTAGE_ESTIMATORS,
     SAMPLE_WEIGHTINGS,
     beta_pdf,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sharpen.config import load_config
-from sharpen.learners.advantages import ADVANTAGE_ESTIMATORS
+from sharpen.learners.policy_gradient.advantages import ADVANTAGE_ESTIMATORS
 from sharpen.loop import RunConfig
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from sharpen.learners.preference_learning import PreferenceConfig, rollout_pairs
-from sharpen.learners.rejection_sampling import RejectionSamplingConfig, hinted, select
+from sharpen.learners.preference.learner import PreferenceConfig, rollout_pairs
+from sharpen.learners.rejection_sampling.learner import RejectionSamplingConfig, hinted, select
 from sharpen.learners.sft import weighted_nll
 from sharpen.models.base import Completion, SamplingParams
 from sharpen.rollouts import Rollout
@@ -86,7 +86,7 @@ def test_pairs_from_each_source():
 
 def test_correctness_pairs_need_the_correctness_reward(tiny_model_dir):
     from sharpen.learners.base import LearnerContext, Sampling
-    from sharpen.learners.preference_learning import PreferenceLearning
+    from sharpen.learners.preference.learner import PreferenceLearning
     from sharpen.models import load_policy
     from sharpen.rollouts import InProcessProducer
     from sharpen.signals.reward import Reward
@@ -124,7 +124,7 @@ def test_star_rationalises_unsolved_problems_and_trains_without_the_hint():
     import types
 
     from sharpen.learners.base import LearnerContext, Sampling
-    from sharpen.learners.rejection_sampling import RejectionSampling
+    from sharpen.learners.rejection_sampling.learner import RejectionSampling
 
     producer = HintAwareProducer()
     ctx = LearnerContext(types.SimpleNamespace(model=torch.nn.Linear(1, 1)), get_task("addition"), None, producer,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sharpen.learners.losses import (
+from sharpen.learners.policy_gradient.losses import (
     LOSS_AGGREGATIONS,
     clipped_surrogate,
     entropy_from_logits,

@@ -1,10 +1,10 @@
-"""Preference-pair builders on made-up groups (learners/pairs.py)."""
+"""Preference-pair builders on made-up groups (learners/preference/pairs.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sharpen.learners.pairs import (
+from sharpen.learners.preference.pairs import (
     PAIR_BUILDERS,
     PreferencePair,
     consistency_pairs,

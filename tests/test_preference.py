@@ -1,4 +1,4 @@
-"""Hand-derived checks of the DPO-family preference losses (learners/preference.py)."""
+"""Hand-derived checks of the DPO-family preference losses (learners/preference/losses.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sharpen.learners.preference import (
+from sharpen.learners.preference.losses import (
     PREFERENCE_LOSSES,
     dpo_loss,
     get_preference_loss,

@@ -1,10 +1,10 @@
-"""Rejection-sampling selections and B-STaR monitoring on made-up groups (learners/rejection.py)."""
+"""Rejection-sampling selections and B-STaR monitoring on made-up groups (learners/rejection_sampling/selection.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sharpen.learners.rejection import (
+from sharpen.learners.rejection_sampling.selection import (
     BStarStats,
     best_by_likelihood,
     best_by_score,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sharpen.config import ConfigError, load_config
-from sharpen.learners.advantages import reinforce_advantages
+from sharpen.learners.policy_gradient.advantages import reinforce_advantages
 from sharpen.learners.base import LearnerContext, Sampling
-from sharpen.learners.rise import Rise, RiseConfig, filter_candidates, rwr_weights
-from sharpen.learners.score import Score, ScoreConfig, attempt_advantages, shaped_second_reward
+from sharpen.learners.self_correction.rise import Rise, RiseConfig, filter_candidates, rwr_weights
+from sharpen.learners.self_correction.score import Score, ScoreConfig, attempt_advantages, shaped_second_reward
 from sharpen.loop import RunConfig
 from sharpen.models.base import Completion
 from sharpen.models.formats import WRONG_FEEDBACK, retry_messages
@@ -99,7 +99,7 @@ def run_rise_step(policy, monkeypatch, **options):
         trained.extend(examples)
         return {"sft/updates": 1.0}
 
-    monkeypatch.setattr("sharpen.learners.rise.fine_tune", fake_fine_tune)
+    monkeypatch.setattr("sharpen.learners.self_correction.rise.fine_tune", fake_fine_tune)
     learner = Rise(rise_context(policy), RiseConfig(kind="rise", **options))
     problems = TASK.problems("train", 3, 0)
     return trained, learner.step(1, problems), script, problems
@@ -147,7 +147,7 @@ def test_rise_stops_rollouts_at_the_first_right_attempt(tiny_policy, monkeypatch
         [Completion(answer(p), script.ids(answer(p)), (-1.0,), "stop")] if isinstance(p, str) else g
         for p, g in zip(prompts, script(prompts, params))]
     monkeypatch.setattr(tiny_policy, "generate", right_first)
-    monkeypatch.setattr("sharpen.learners.rise.fine_tune", lambda *a, **k: {})
+    monkeypatch.setattr("sharpen.learners.self_correction.rise.fine_tune", lambda *a, **k: {})
     learner = Rise(rise_context(tiny_policy), RiseConfig(kind="rise", stop_when_correct=True, first_turn="skip"))
     out = learner.step(1, TASK.problems("train", 3, 0))
     assert out.metrics["rise/states"] == 0 and out.metrics["rise/examples"] == 0
@@ -155,7 +155,7 @@ def test_rise_stops_rollouts_at_the_first_right_attempt(tiny_policy, monkeypatch
 
 
 def test_rise_candidates_from_a_teacher_are_tokenized_for_the_student(tiny_policy, tiny_model_dir, monkeypatch):
-    monkeypatch.setattr("sharpen.learners.rise.fine_tune", lambda *a, **k: {})
+    monkeypatch.setattr("sharpen.learners.self_correction.rise.fine_tune", lambda *a, **k: {})
     learner = Rise(rise_context(tiny_policy, candidates=2), RiseConfig(kind="rise", teacher=str(tiny_model_dir),
                                                                        first_turn="skip"))
     student = Script(tiny_policy)
@@ -169,7 +169,7 @@ def test_rise_candidates_from_a_teacher_are_tokenized_for_the_student(tiny_polic
 
     monkeypatch.setattr(learner.teacher, "generate", teacher)
     trained = []
-    monkeypatch.setattr("sharpen.learners.rise.fine_tune", lambda p, o, examples, **k: trained.extend(examples) or {})
+    monkeypatch.setattr("sharpen.learners.self_correction.rise.fine_tune", lambda p, o, examples, **k: trained.extend(examples) or {})
     problems = TASK.problems("train", 2, 0)
     learner.step(1, problems)
     assert teacher_calls == [2]  # the candidates came from the teacher ...

@@ -30,11 +30,11 @@ from sharpen.evaluation import EvalResult, TurnEvalResult, evaluate, evaluate_tu
 from sharpen.learners.base import (
     EpisodeSettings, Learner, LearnerContext, MultiTurnConfig, NonFiniteLossError, Sampling,
 )
-from sharpen.learners.policy_gradient import PolicyGradient, PolicyGradientConfig
-from sharpen.learners.preference_learning import PreferenceConfig, PreferenceLearning
-from sharpen.learners.rejection_sampling import RejectionSampling, RejectionSamplingConfig
-from sharpen.learners.rise import Rise, RiseConfig
-from sharpen.learners.score import Score, ScoreConfig
+from sharpen.learners.policy_gradient.learner import PolicyGradient, PolicyGradientConfig
+from sharpen.learners.preference.learner import PreferenceConfig, PreferenceLearning
+from sharpen.learners.rejection_sampling.learner import RejectionSampling, RejectionSamplingConfig
+from sharpen.learners.self_correction.rise import Rise, RiseConfig
+from sharpen.learners.self_correction.score import Score, ScoreConfig
 from sharpen.models import load_policy
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore

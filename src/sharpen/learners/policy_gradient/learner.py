@@ -20,11 +20,11 @@ import torch
 from pydantic import Field
 
 from sharpen.config import ConfigModel
-from sharpen.learners.advantages import bnpo_decomposed, get_advantage_estimator, get_sample_weighting
+from sharpen.learners.policy_gradient.advantages import bnpo_decomposed, get_advantage_estimator, get_sample_weighting
 from sharpen.learners.base import (
     LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, reference_logprobs, step_seed,
 )
-from sharpen.learners.losses import clipped_surrogate, get_loss_aggregation
+from sharpen.learners.policy_gradient.losses import clipped_surrogate, get_loss_aggregation
 from sharpen.rollouts import Rollout
 from sharpen.tasks.base import Problem
 

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from sharpen.config import ConfigModel
 from sharpen.learners.base import LearnerContext, StepOutput, adamw, batch_metrics, batch_records, step_seed
-from sharpen.learners.rejection import best_by_score, bstar_stats, keep_correct
+from sharpen.learners.rejection_sampling.selection import best_by_score, bstar_stats, keep_correct
 from sharpen.learners.sft import Example, fine_tune
 from sharpen.models.formats import as_messages
 from sharpen.rollouts import Rollout

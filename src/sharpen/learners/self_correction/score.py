@@ -15,7 +15,7 @@ Each loop step (METHODS.md §5):
                  A1 = estimator(r1),  A2 = estimator(r̂2)
                  loss = L(y1; A1, β) + L(y2; A2, β)
 
-where L(y; A, β) is `losses.clipped_surrogate` over one attempt's tokens (token mean) with
+where L(y; A, β) is `policy_gradient.losses.clipped_surrogate` over one attempt's tokens (token mean) with
 the k3 KL to the frozen base model weighted by β: with A = 0 it is β·KL alone, so stage I
 holds attempt 1 near the base (β_I = `stage1_kl`, large) while attempt 2 learns to correct it.
 `epochs` optimizer steps per loop step on the same episodes (the first is on-policy, ratio 1;
@@ -39,12 +39,12 @@ from pydantic import Field
 
 from sharpen.config import ConfigModel
 from sharpen.episodes import NEUTRAL_FEEDBACK, next_prompt, run_episodes
-from sharpen.learners.advantages import get_advantage_estimator
+from sharpen.learners.policy_gradient.advantages import get_advantage_estimator
 from sharpen.learners.base import (
     EpisodeSettings, LearnerContext, StepOutput, adamw, episode_metrics, episode_records, optimizer_step,
     reference_logprobs, step_seed,
 )
-from sharpen.learners.losses import clipped_surrogate
+from sharpen.learners.policy_gradient.losses import clipped_surrogate
 from sharpen.models.base import Completion
 from sharpen.tasks.base import Problem
 

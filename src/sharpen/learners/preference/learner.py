@@ -31,8 +31,8 @@ from sharpen.config import ConfigModel
 from sharpen.learners.base import (
     LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
 )
-from sharpen.learners.pairs import PAIR_BUILDERS, PreferencePair
-from sharpen.learners.preference import get_preference_loss
+from sharpen.learners.preference.pairs import PAIR_BUILDERS, PreferencePair
+from sharpen.learners.preference.losses import get_preference_loss
 from sharpen.rollouts import Rollout
 from sharpen.tasks.base import Problem
 
