@@ -13,9 +13,10 @@ and the new weights. Learners share functions, never base classes.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -100,6 +101,14 @@ class Learner(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+def accepted_options(fn: Callable, **options: Any) -> dict[str, Any]:
+    """The `options` that `fn`'s signature names: how a learner passes a registry entry the
+    settings only some entries take (e.g. BNPO's reward range, W-REINFORCE's λ, IRPO's α)
+    without naming the entries."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in options.items() if k in params}
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -281,7 +281,15 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
     "bnpo": bnpo_advantages,
     "signed": signed_reward_advantages,
 }
-"""name → estimator(rewards (P, G), **options) -> advantages (P, G)."""
+"""name → estimator(rewards (P, G), **options) -> advantages (P, G). An estimator whose
+signature has `r_min`, `r_max` rescales by the reward's range (bnpo, signed); the learner
+passes the range to exactly those (`learners.base.accepted_options`)."""
+
+DECOMPOSED_ESTIMATORS: dict[str, Callable[[Tensor, Sequence[tuple[float, float]]], Tensor]] = {
+    "bnpo": bnpo_decomposed,
+}
+"""name → its per-component form(component rewards (C, P, G), ranges) -> advantages (P, G),
+used instead of the estimator when a reward has several weighted components (`decompose`)."""
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:

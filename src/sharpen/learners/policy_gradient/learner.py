@@ -14,15 +14,18 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field
 
 from sharpen.config import ConfigModel
-from sharpen.learners.policy_gradient.advantages import bnpo_decomposed, get_advantage_estimator, get_sample_weighting
+from sharpen.learners.policy_gradient.advantages import (
+    DECOMPOSED_ESTIMATORS, get_advantage_estimator, get_sample_weighting,
+)
 from sharpen.learners.base import (
-    LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, reference_logprobs, step_seed,
+    LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, optimizer_step,
+    reference_logprobs, step_seed,
 )
 from sharpen.learners.policy_gradient.losses import clipped_surrogate, get_loss_aggregation
 from sharpen.rollouts import Rollout
@@ -56,14 +59,24 @@ class PolicyGradientConfig(ConfigModel):
     grad_clip: float = Field(1.0, gt=0, description="Maximum global gradient norm.")
 
 
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda progress: 1.0,
+    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * min(1.0, progress))),
+}
+"""schedule name → multiplier of the peak learning rate at `progress` ∈ [0, 1] of the steps after warm-up."""
+
+
 def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
     if step < warmup:
         return (step + 1) / warmup
-    if schedule == "cosine":
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
+    return LR_SCHEDULES[schedule]((step - warmup) / max(1, total_steps - warmup))
+
+
+def reward_range(rewards: torch.Tensor) -> dict[str, float]:
+    """The range the ranged estimators and weightings rescale by: [0, 1], widened to what the
+    batch holds (r_min, r_max keywords)."""
+    return {"r_min": min(0.0, rewards.min().item()), "r_max": max(1.0, rewards.max().item())}
 
 
 class PolicyGradient:
@@ -99,18 +112,17 @@ class PolicyGradient:
         """(P, G) advantages of the batch, before sample weighting."""
         rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         names = [n for n in rollouts[0].components if self.reward_weights.get(n, 0) != 0]
-        if self.cfg.advantage == "bnpo" and self.cfg.decompose and len(names) > 1:
+        decomposed = DECOMPOSED_ESTIMATORS.get(self.cfg.advantage) if self.cfg.decompose else None
+        if decomposed is not None and len(names) > 1:
             parts = torch.tensor(
                 [[[0.0 if v is None else v for v in r.components[n]] for r in rollouts] for n in names],
                 dtype=torch.float64,
             )  # (C, P, G)
             # each component's range: [0, 1], widened to what was observed
-            ranges = [(min(0.0, parts[c].min().item()), max(1.0, parts[c].max().item())) for c in range(len(names))]
-            return bnpo_decomposed(parts, ranges)
+            ranges = [(r["r_min"], r["r_max"]) for r in map(reward_range, parts)]
+            return decomposed(parts, ranges)
         estimator = get_advantage_estimator(self.cfg.advantage)
-        if self.cfg.advantage in ("bnpo", "signed"):
-            return estimator(rewards, r_min=min(0.0, rewards.min().item()), r_max=max(1.0, rewards.max().item()))
-        return estimator(rewards)
+        return estimator(rewards, **accepted_options(estimator, **reward_range(rewards)))
 
     # ---- update --------------------------------------------------------------------------
 
@@ -119,9 +131,8 @@ class PolicyGradient:
         start = time.perf_counter()
         advantages = self.advantages(rollouts).float()  # (P, G)
         rewards = torch.tensor([r.rewards for r in rollouts])  # (P, G)
-        r_min, r_max = min(0.0, rewards.min().item()), max(1.0, rewards.max().item())
         weighting = get_sample_weighting(self.cfg.weighting)
-        extra = {"lam": self.cfg.weighting_lambda} if self.cfg.weighting == "w_reinforce" else {}
+        weight_args = {**reward_range(rewards), **accepted_options(weighting, lam=self.cfg.weighting_lambda)}
         P = len(rollouts)
         chunks = [list(range(P))[i :: self.cfg.minibatches] for i in range(self.cfg.minibatches)]
         chunks = [c for c in chunks if c]
@@ -131,8 +142,7 @@ class PolicyGradient:
         for _ in range(self.cfg.epochs):
             for chunk in chunks:
                 diag = self.minibatch_step(
-                    [rollouts[i] for i in chunk], advantages[chunk], rewards[chunk], weighting,
-                    dict(r_min=r_min, r_max=r_max, **extra),
+                    [rollouts[i] for i in chunk], advantages[chunk], rewards[chunk], weighting, weight_args,
                 )
                 tokens += int(diag.pop("tokens"))
                 for k, v in diag.items():

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from sharpen.config import ConfigModel
 from sharpen.learners.base import (
-    LearnerContext, StepOutput, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
+    LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
 )
 from sharpen.learners.preference.pairs import PAIR_BUILDERS, PreferencePair
 from sharpen.learners.preference.losses import get_preference_loss
@@ -140,7 +140,7 @@ class PreferenceLearning:
                         chosen, rejected, ref_chosen[idx], ref_rejected[idx], beta=cfg.beta,
                         weights=torch.tensor([p.weight for p in chunk], device=chosen.device),
                         chosen_lengths=torch.tensor([len(p.chosen.token_ids) for p in chunk], device=chosen.device),
-                        **({"alpha": cfg.alpha} if cfg.loss == "irpo" else {}),
+                        **accepted_options(self.loss, alpha=cfg.alpha),
                     )
                     diag["grad_norm"] = optimizer_step(self.policy.model, self.optimizer, loss, cfg.grad_clip,
                                                        cfg.lr, diag)

@@ -22,7 +22,7 @@ reward's components.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 from pydantic import Field
 
@@ -64,13 +64,28 @@ def hinted(prompt: Prompt, answer: str) -> Prompt:
     return messages if not isinstance(prompt, str) else messages[last]["content"]
 
 
-def select(rollout: Rollout, cfg: RejectionSamplingConfig) -> list[int]:
-    """Indices of the completions of one group to fine-tune on."""
-    if cfg.select == "best":
-        best = best_by_score(rollout.rewards)
-        return [] if best is None else [best]
+def select_threshold(rollout: Rollout, cfg: RejectionSamplingConfig) -> list[int]:
+    """Every distinct completion with reward ≥ `cfg.threshold`, at most `cfg.max_per_problem`."""
     passed = [r >= cfg.threshold for r in rollout.rewards]
     return keep_correct(passed, [c.text for c in rollout.completions], cfg.max_per_problem)
+
+
+def select_best(rollout: Rollout, cfg: RejectionSamplingConfig) -> list[int]:
+    """The group's highest-reward completion (the earliest of equals); none if nothing scored."""
+    best = best_by_score(rollout.rewards)
+    return [] if best is None else [best]
+
+
+SELECTIONS: dict[str, Callable[[Rollout, RejectionSamplingConfig], list[int]]] = {
+    "threshold": select_threshold,
+    "best": select_best,
+}
+"""`select` name → selection(scored group, config) -> indices of the completions to fine-tune on."""
+
+
+def select(rollout: Rollout, cfg: RejectionSamplingConfig) -> list[int]:
+    """Indices of the completions of one group to fine-tune on."""
+    return SELECTIONS[cfg.select](rollout, cfg)
 
 
 class RejectionSampling:

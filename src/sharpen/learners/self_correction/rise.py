@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 from pydantic import Field
 
@@ -50,7 +50,6 @@ from sharpen.learners.sft import Example, fine_tune
 from sharpen.models.base import Completion
 from sharpen.tasks.base import Problem
 
-FILTERS = ("all", "better", "best", "success")
 CANDIDATE_SEED_OFFSET = 7_000_003
 """Added to a step's seed for the candidates (the rollouts' turns use seed + t, t < T)."""
 BASE_SEED_OFFSET = 9_000_011
@@ -107,21 +106,51 @@ def rwr_weights(rewards: Sequence[float], tau: float) -> list[float]:
     return [math.exp((r - top) / tau) for r in rewards]
 
 
+def _first_best(rewards: Sequence[float]) -> Optional[int]:
+    """Index of the highest reward, the first of equals; None for no candidates."""
+    return max(range(len(rewards)), key=lambda i: (rewards[i], -i)) if rewards else None
+
+
+def keep_all(rewards: Sequence[float], replaced: float, success_reward: float) -> list[int]:
+    """Every candidate (reward-weighted regression over all N)."""
+    return list(range(len(rewards)))
+
+
+def keep_better(rewards: Sequence[float], replaced: float, success_reward: float) -> list[int]:
+    """The candidates strictly better than the attempt they replace: r_i > r(a_t)."""
+    return [i for i, r in enumerate(rewards) if r > replaced]
+
+
+def keep_best(rewards: Sequence[float], replaced: float, success_reward: float) -> list[int]:
+    """The highest-reward candidate (the first of equals), whatever its reward."""
+    best = _first_best(rewards)
+    return [] if best is None else [best]
+
+
+def keep_success(rewards: Sequence[float], replaced: float, success_reward: float) -> list[int]:
+    """The highest-reward candidate if its reward reaches `success_reward`, else none."""
+    best = _first_best(rewards)
+    return [] if best is None or rewards[best] < success_reward else [best]
+
+
+CandidateFilter = Callable[[Sequence[float], float, float], list[int]]
+
+FILTERS: dict[str, CandidateFilter] = {
+    "all": keep_all,
+    "better": keep_better,
+    "best": keep_best,
+    "success": keep_success,
+}
+"""name → filter(rewards r_1..r_N at one state, r(a_t) of the replaced attempt, success_reward)
+-> indices of the candidates that become training examples."""
+
+
 def filter_candidates(name: str, rewards: Sequence[float], replaced: float, success_reward: float) -> list[int]:
     """Indices of the candidates (rewards r_1..r_N at one state) that become training examples;
     `replaced` is r(a_t), the reward of the rollout's own attempt. Rules in the module doc."""
     if name not in FILTERS:
         raise ValueError(f"unknown RISE filter {name!r}; use one of {', '.join(FILTERS)}")
-    if name == "all":
-        return list(range(len(rewards)))
-    if name == "better":
-        return [i for i, r in enumerate(rewards) if r > replaced]
-    if not rewards:
-        return []
-    best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))  # the first of equals
-    if name == "success" and rewards[best] < success_reward:
-        return []
-    return [best]
+    return FILTERS[name](rewards, replaced, success_reward)
 
 
 class Rise:
