@@ -138,3 +138,67 @@ def test_star_rationalises_unsolved_problems_and_trains_without_the_hint():
     assert tokens == 2 * (1 + 2 + 3)  # what sampling the two hinted groups generated
     with pytest.raises(ValueError, match="rationalize needs reference answers; problem c has none"):
         learner.rationalize(producer.produce([Problem("c", "1+1=", None)], SamplingParams(n=1)).rollouts, 1)
+
+
+# ---- registries: what each named entry gets from the learner ----------------------------------
+
+
+def test_accepted_options_passes_only_what_a_signature_names():
+    from sharpen.learners.base import accepted_options
+    from sharpen.learners.policy_gradient.advantages import get_advantage_estimator, get_sample_weighting
+    from sharpen.learners.preference.losses import get_preference_loss
+
+    assert accepted_options(get_advantage_estimator("grpo"), r_min=-1.0, r_max=2.0) == {}
+    assert accepted_options(get_advantage_estimator("bnpo"), r_min=-1.0, r_max=2.0) == {"r_min": -1.0, "r_max": 2.0}
+    assert accepted_options(get_advantage_estimator("signed"), r_min=-1.0, r_max=2.0) == {"r_min": -1.0, "r_max": 2.0}
+    assert accepted_options(get_sample_weighting("w_reinforce"), lam=0.3) == {"lam": 0.3}
+    assert accepted_options(get_sample_weighting("psr"), lam=0.3) == {}
+    assert accepted_options(get_preference_loss("irpo"), alpha=0.5) == {"alpha": 0.5}
+    assert accepted_options(get_preference_loss("dpo"), alpha=0.5) == {}
+
+
+def pg_advantages(advantage: str, rollouts, weights, decompose: bool = True):
+    """PolicyGradient.advantages on made-up rollouts (it reads only the config and the weights)."""
+    from types import SimpleNamespace
+
+    from sharpen.learners.policy_gradient.learner import PolicyGradient, PolicyGradientConfig
+
+    learner = SimpleNamespace(cfg=PolicyGradientConfig(advantage=advantage, decompose=decompose),
+                              reward_weights=weights)
+    return PolicyGradient.advantages(learner, rollouts)
+
+
+def test_policy_gradient_advantages_give_the_range_to_ranged_estimators_and_decompose_bnpo():
+    from sharpen.learners.policy_gradient.advantages import (
+        bnpo_advantages, bnpo_decomposed, grpo_advantages, signed_reward_advantages,
+    )
+
+    rows = [rollout(["a", "b", "c"], [2.0, 0.0, -1.0], [1.0, 0.0, 0.0]),
+            rollout(["d", "e", "f"], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0])]
+    rewards = torch.tensor([r.rewards for r in rows], dtype=torch.float64)
+    one = {"correctness": 1.0}
+    assert torch.equal(pg_advantages("grpo", rows, one), grpo_advantages(rewards))
+    assert torch.equal(pg_advantages("signed", rows, one), signed_reward_advantages(rewards, -1.0, 2.0))
+    assert torch.equal(pg_advantages("bnpo", rows, one), bnpo_advantages(rewards, -1.0, 2.0))
+    for r in rows:
+        r.components["format"] = [0.0, 1.0, 0.5]
+    both = {"correctness": 1.0, "format": 0.2}
+    parts = torch.tensor([[r.components[n] for r in rows] for n in ("correctness", "format")], dtype=torch.float64)
+    assert torch.equal(pg_advantages("bnpo", rows, both), bnpo_decomposed(parts, [(0.0, 1.0), (0.0, 1.0)]))
+    assert torch.equal(pg_advantages("bnpo", rows, both, decompose=False), bnpo_advantages(rewards, -1.0, 2.0))
+    assert torch.equal(pg_advantages("bnpo", rows, {"correctness": 1.0, "format": 0.0}),
+                       bnpo_advantages(rewards, -1.0, 2.0))  # a zero-weight component takes no part
+
+
+def test_lr_schedules_by_name():
+    from sharpen.learners.policy_gradient.learner import LR_SCHEDULES, PolicyGradientConfig, lr_factor
+
+    assert set(LR_SCHEDULES) == set(PolicyGradientConfig.model_fields["schedule"].annotation.__args__)
+    assert [lr_factor(s, 10, 2, "constant") for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, 2, "cosine") for s in (0, 2, 6, 10)] == pytest.approx([0.5, 1.0, 0.5, 0.0])
+
+
+def test_rejection_selections_cover_the_config_names():
+    from sharpen.learners.rejection_sampling.learner import SELECTIONS
+
+    assert set(SELECTIONS) == set(RejectionSamplingConfig.model_fields["select"].annotation.__args__)

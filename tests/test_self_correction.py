@@ -50,6 +50,12 @@ def test_filters_on_made_up_candidates():
         filter_candidates("top", rewards, 0.0, 1.0)
 
 
+def test_rise_filters_cover_the_config_names():
+    from sharpen.learners.self_correction.rise import FILTERS
+
+    assert set(FILTERS) == set(RiseConfig.model_fields["filter"].annotation.__args__)
+
+
 # ---- RISE: one step with scripted answers ----------------------------------------------
 
 
