@@ -8,9 +8,9 @@ from typing import Callable, Optional
 import pytest
 
 from sharpen.models.base import Completion, SamplingParams
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES, WRONG_FEEDBACK, question_text, retry_messages
+from sharpen.models.formats import JUDGE_NO, JUDGE_YES, WRONG_FEEDBACK, as_messages, question_text, retry_messages
+from sharpen.episodes import NEUTRAL_FEEDBACK
 from sharpen.strategies import (
-    NEUTRAL_FEEDBACK,
     STRATEGIES,
     BestOfN,
     SelfConsistency,
@@ -174,7 +174,7 @@ def test_best_of_n_with_a_label_free_signal_by_name():
 def test_retry_with_binary_feedback_stops_at_the_first_correct_turn():
     # a is right at its second attempt; b is never right
     def script(p, call, j):
-        if p[0]["content"] == "37+58=":  # retry always sends chat messages
+        if as_messages(p)[0]["content"] == "37+58=":
             return ["90", "95"][attempts_so_far(p)]
         return f"{attempts_so_far(p)}0"
 
@@ -199,6 +199,25 @@ def test_retry_without_feedback_runs_every_turn_with_a_neutral_message_and_can_v
     assert voted.answer == "95" and voted.tokens == 6
     with pytest.raises(StrategyOptionError, match="feedback must be one of"):
         build_strategy("retry", policy=policy, task=TASK, feedback="hint")
+
+
+def test_retry_with_binary_feedback_stops_when_the_checker_cannot_score():
+    unscorable = Task(name="unscorable", problems=lambda split, n, seed: [], check=lambda p, t: Verdict(None),
+                      extract=last_number, max_new_tokens=8)
+    policy = Scripted(lambda p, c, j: "90")
+    (result,) = build_strategy("retry", policy=policy, task=unscorable, turns=3)([A])
+    assert len(result.trace) == 1 and result.trace[0].scores == [[None]]
+    (result,) = build_strategy("retry", policy=policy, task=unscorable, turns=3, feedback="none")([A])
+    assert len(result.trace) == 3 and result.trace[0].scores is None
+
+
+def test_retry_seeds_move_on_with_the_turn():
+    policy = Scripted(lambda p, c, j: "90")
+    build_strategy("retry", policy=policy, task=TASK, turns=3, params=SamplingParams(seed=5, n=4))([A])
+    assert [(params.seed, params.n) for _, params in policy.calls] == [(5, 1), (6, 1), (7, 1)]
+    policy = Scripted(lambda p, c, j: "90")
+    build_strategy("retry", policy=policy, task=TASK, turns=2)([A])
+    assert [params.seed for _, params in policy.calls] == [None, None]
 
 
 # ---- self-refine ----------------------------------------------------------------------------

@@ -130,6 +130,7 @@ def run_episodes(
     stop_when_correct: bool = False,
     seed: Optional[int] = 0,
     neutral: str = NEUTRAL_FEEDBACK,
+    stop_when_unscorable: bool = False,
 ) -> list[Episode]:
     """Roll out one episode of up to `turns` attempts per problem, in problem order.
 
@@ -140,8 +141,10 @@ def run_episodes(
     `seed=None` keeps `params.seed`.
 
     With `stop_when_correct`, an episode ends after its first right attempt (in any
-    feedback mode: the checker is an oracle stopping rule). Such episodes are shorter than
-    `turns`; `evaluation.turns` carries their last answer forward.
+    feedback mode: the checker is an oracle stopping rule). With `stop_when_unscorable`, an
+    episode also ends at an attempt the checker cannot score (the oracle has nothing to say;
+    the retry strategy's rule). Such episodes are shorter than `turns`; `evaluation.turns`
+    carries their last answer forward.
     """
     if turns < 1:
         raise ValueError(f"run_episodes needs turns >= 1, got {turns}")
@@ -166,7 +169,8 @@ def run_episodes(
         for i, (completion,) in zip(live, groups):
             problem = problems[i]
             verdict = task.check(problem, completion.text)
-            ends = t == turns - 1 or (stop_when_correct and verdict.correct is True)
+            ends = (t == turns - 1 or (stop_when_correct and verdict.correct is True)
+                    or (stop_when_unscorable and verdict.correct is None))
             said = None if ends else feedback_text(feedback, verdict, neutral)
             histories[i].append(Turn(completion, task.extract(completion.text), verdict.correct, said))
             if not ends:

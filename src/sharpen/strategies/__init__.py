@@ -19,13 +19,12 @@ from sharpen.strategies.base import (
     UnknownStrategyError,
 )
 from sharpen.strategies.debate import Debate
-from sharpen.strategies.multiturn import NEUTRAL_FEEDBACK, Retry, SelfRefine
+from sharpen.strategies.multiturn import Retry, SelfRefine
 from sharpen.strategies.registry import SPEC_ARGS, STRATEGIES, build_strategy, parse_strategy_spec
 from sharpen.strategies.reread import ReRead, reread_prompt
 from sharpen.strategies.sampling import BestOfN, SelfConsistency, Single
 
 __all__ = [
-    "NEUTRAL_FEEDBACK",
     "SPEC_ARGS",
     "STRATEGIES",
     "BestOfN",

@@ -1,9 +1,10 @@
 """Multi-turn strategies: try again after an attempt, in sharpen's retry format.
 
-    retry        T turns; after each attempt the model is told WRONG_FEEDBACK (binary feedback:
-                 the task's checker is the oracle that says an answer is wrong, RISE's
-                 evaluation setting) or a neutral "try again" (no signal of correctness), and
-                 answers again with the whole history in its prompt (`formats.retry_messages`).
+    retry        T turns of `episodes.run_episodes`; after each attempt the model is told
+                 WRONG_FEEDBACK (binary feedback: the task's checker is the oracle that says an
+                 answer is wrong, RISE's evaluation setting) or the neutral re-ask
+                 `episodes.NEUTRAL_FEEDBACK` (no signal of correctness), and answers again with
+                 the whole history in its prompt (`formats.retry_messages`).
     self_refine  the model judges its own answer ("<question><answer> right?", read from its
                  yes/no probabilities); it stops when it says yes, else it is told
                  WRONG_FEEDBACK and tries again, up to T attempts ("Self-Refine").
@@ -12,10 +13,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
-from sharpen.models.base import Completion, Policy, SamplingParams
+from sharpen.episodes import Episode, next_prompt, run_episodes
+from sharpen.models.base import Policy, SamplingParams
 from sharpen.models.formats import JUDGE_NO, JUDGE_YES, WRONG_FEEDBACK, judge_messages, retry_messages
 from sharpen.strategies.base import (
     Call,
@@ -29,24 +31,51 @@ from sharpen.strategies.base import (
 )
 from sharpen.tasks.base import Problem, Task
 
-NEUTRAL_FEEDBACK = "try again"
-"""The feedback of retry with feedback="none": asks for another attempt and says nothing about
-whether the last one was right. The embedded default model was trained only on WRONG_FEEDBACK,
-so to it this string is unfamiliar; the point of the setting is that no correctness leaks in."""
 
-FEEDBACKS = ("binary", "none")
-FINALS = ("last", "majority")
+@dataclass(frozen=True)
+class RetryFeedback:
+    """How one of retry's feedback settings runs its episodes."""
+
+    mode: str
+    """The episodes' feedback mode (`sharpen.episodes.FEEDBACK_MODES`)."""
+    oracle: bool
+    """The checker decides: a problem stops at its first attempt not called wrong (right, or
+    unscorable), and the trace carries the checker's 1/0/None."""
+
+
+FEEDBACKS: dict[str, RetryFeedback] = {
+    "binary": RetryFeedback("binary", oracle=True),
+    "none": RetryFeedback("none", oracle=False),
+}
+"""retry's `feedback` option → how its episodes run."""
+
+
+def final_last(task: Task, episode: Episode) -> tuple[str, Optional[str]]:
+    """The last attempt and its extracted answer."""
+    text = episode.turns[-1].completion.text
+    return text, task.extract(text)
+
+
+def final_majority(task: Task, episode: Episode) -> tuple[str, Optional[str]]:
+    """A majority vote over the attempts' answers (`strategies.base.vote`)."""
+    return vote(task, [t.completion for t in episode.turns])
+
+
+FINALS = {"last": final_last, "majority": final_majority}
+"""retry's `final` option → (task, episode) -> (final text, final answer)."""
 
 
 @dataclass
 class Retry:
-    """Up to `turns` attempts per problem, each seeing the previous attempts and feedback.
+    """Up to `turns` attempts per problem, each seeing the previous attempts and feedback: the
+    episodes of `sharpen.episodes.run_episodes`.
 
     feedback="binary": after a wrong attempt (task.check says False) the model is told
     WRONG_FEEDBACK; a problem stops at its first correct attempt, and also when the checker
     cannot score an attempt (correct=None: the oracle has nothing to say). feedback="none":
-    every problem runs all turns, told NEUTRAL_FEEDBACK after each; the checker is not read.
-    final="last" answers with the last attempt; "majority" votes over the attempts' answers.
+    every problem runs all turns, told NEUTRAL_FEEDBACK after each; no verdict reaches the
+    model or the trace. final="last" answers with the last attempt; "majority" votes over the
+    attempts' answers.
     """
 
     policy: Policy
@@ -54,7 +83,7 @@ class Retry:
     turns: int = 3
     """Maximum attempts per problem (T)."""
     feedback: str = "binary"
-    """"binary" (oracle says wrong) or "none" (neutral "try again")."""
+    """"binary" (oracle says wrong) or "none" (the neutral re-ask)."""
     final: str = "last"
     """"last" or "majority" over turns."""
     params: Optional[SamplingParams] = None
@@ -62,43 +91,28 @@ class Retry:
     def __post_init__(self) -> None:
         check_positive("retry", turns=self.turns)
         if self.feedback not in FEEDBACKS:
-            raise StrategyOptionError(f"strategy 'retry': feedback must be one of {FEEDBACKS}, got {self.feedback!r}")
+            raise StrategyOptionError(
+                f"strategy 'retry': feedback must be one of {tuple(FEEDBACKS)}, got {self.feedback!r}")
         if self.final not in FINALS:
-            raise StrategyOptionError(f"strategy 'retry': final must be one of {FINALS}, got {self.final!r}")
+            raise StrategyOptionError(f"strategy 'retry': final must be one of {tuple(FINALS)}, got {self.final!r}")
 
     def __call__(self, problems: list[Problem]) -> list[StrategyResult]:
-        base = base_params(self.task, self.params)
-        attempts: list[list[Completion]] = [[] for _ in problems]
-        said: list[list[str]] = [[] for _ in problems]
-        traces: list[list[Call]] = [[] for _ in problems]
-        active = list(range(len(problems)))
-        for turn in range(self.turns):
-            prompts = {i: retry_messages(problems[i].prompt, [c.text for c in attempts[i]], said[i]) for i in active}
-            groups = generate_grouped(self.policy, [[prompts[i]] for i in active], round_params(base, 1, turn))
-            still = []
-            for i, ((group,)) in zip(active, groups):
-                attempt = group[0]
-                attempts[i].append(attempt)
-                if self.feedback == "binary":
-                    verdict = self.task.check(problems[i], attempt.text)
-                    traces[i].append(Call(turn, [prompts[i]], [group], scores=[[verdict.reward]]))
-                    if verdict.correct is False:
-                        said[i].append(WRONG_FEEDBACK)
-                        still.append(i)
-                else:
-                    traces[i].append(Call(turn, [prompts[i]], [group]))
-                    said[i].append(NEUTRAL_FEEDBACK)
-                    still.append(i)
-            active = still
-        return [self._result(p, a, t) for p, a, t in zip(problems, attempts, traces)]
+        params = replace(base_params(self.task, self.params), n=1)
+        how = FEEDBACKS[self.feedback]
+        episodes = run_episodes(
+            self.policy, self.task, problems, turns=self.turns, feedback=how.mode, params=params,
+            stop_when_correct=how.oracle, stop_when_unscorable=how.oracle, seed=params.seed,
+        )
+        return [self._result(e, how.oracle) for e in episodes]
 
-    def _result(self, problem: Problem, attempts: list[Completion], trace: list[Call]) -> StrategyResult:
-        if self.final == "majority":
-            text, answer = vote(self.task, attempts)
-        else:
-            text = attempts[-1].text
-            answer = self.task.extract(text)
-        return StrategyResult(problem, text, answer, trace)
+    def _result(self, episode: Episode, scored: bool) -> StrategyResult:
+        trace = [
+            Call(t, [next_prompt(episode.problem, episode.turns[:t])], [[turn.completion]],
+                 scores=[[None if turn.correct is None else float(turn.correct)]] if scored else None)
+            for t, turn in enumerate(episode.turns)
+        ]
+        text, answer = FINALS[self.final](self.task, episode)
+        return StrategyResult(episode.problem, text, answer, trace)
 
 
 @dataclass
