@@ -11,6 +11,7 @@ from sharpen.models.base import Completion, SamplingParams
 from sharpen.models.formats import JUDGE_NO, JUDGE_YES, WRONG_FEEDBACK, as_messages, question_text, retry_messages
 from sharpen.episodes import NEUTRAL_FEEDBACK
 from sharpen.strategies import (
+    SPEC_ARGS,
     STRATEGIES,
     BestOfN,
     SelfConsistency,
@@ -314,6 +315,11 @@ def test_strategies_run_on_a_registered_task():
 def test_parse_strategy_spec(spec, expected):
     assert parse_strategy_spec(spec) == expected
     assert expected[0] in STRATEGIES
+
+
+def test_every_strategy_has_a_spec_and_bare_reread_reads():
+    assert list(SPEC_ARGS) == list(STRATEGIES)
+    assert parse_strategy_spec("reread") == ("reread", {})
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@
     strategy = build_strategy(name, policy=policy, task=task, **options)
 
 A factory takes the policy, the task and the strategy's options as keyword arguments. A new
-strategy is one factory and one entry in STRATEGIES (plus one in SPEC_ARGS for a short spec).
+strategy is one factory and one entry in STRATEGIES, and one in SPEC_ARGS for its spec.
 
 Spec grammar (for command lines and the server):
 
@@ -86,8 +86,10 @@ SPEC_ARGS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
     "retry": (("turns",), "feedback"),
     "self_refine": (("rounds",), None),
     "debate": (("agents", "rounds"), None),
+    "reread": ((), None),
 }
-"""name -> (option names the spec's numbers fill in order, option name its ":word" fills)."""
+"""name -> (option names the spec's numbers fill in order, option name its ":word" fills); one
+entry per strategy of STRATEGIES (a bare "reread" re-reads "single"; "reread+SPEC" wraps SPEC)."""
 
 REREAD_PREFIX = "reread+"
 
@@ -129,8 +131,6 @@ def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if name == "reread":
             raise StrategySpecError(f"strategy spec {spec!r}: 'reread+' may appear only once")
         return "reread", {"inner": name, **options}
-    if text == "reread":
-        return "reread", {}
     match = _SPEC.fullmatch(text)
     if match is None:
         raise StrategySpecError(
