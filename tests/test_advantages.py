@@ -27,7 +27,6 @@ from sharpen.learners.policy_gradient.advantages import (
     signed_rewards,
     topr_weights,
     w_reinforce_weights,
-    zero_signal_fraction,
 )
 
 
@@ -119,13 +118,6 @@ def test_registry_lookup_and_clear_error():
     assert get_advantage_estimator("rloo") is rloo_advantages
     with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'.*bnpo.*grpo"):
         get_advantage_estimator("ppo")
-
-
-def test_zero_signal_fraction():
-    r = t([[1, 1], [0, 1], [0, 0], [0.5, 0.5]])
-    # groups 0, 2 and 3 are all-equal → 3/4
-    assert zero_signal_fraction(r) == pytest.approx(0.75)
-    assert zero_signal_fraction(t([[0, 1]])) == 0.0
 
 
 # --------------------------------------------------------------------------- BNPO

@@ -10,7 +10,6 @@ import torch
 from sharpen.learners.policy_gradient.losses import (
     LOSS_AGGREGATIONS,
     clipped_surrogate,
-    entropy_from_logits,
     get_loss_aggregation,
     k3,
 )
@@ -199,13 +198,3 @@ def test_shape_errors_name_the_argument():
         clipped_surrogate(ZERO, ZERO, t([1.0, 2.0, 3.0]), MASK)
     with pytest.raises(ValueError, match="old_logprobs has shape"):
         clipped_surrogate(ZERO, torch.zeros(2, 3), ADV, MASK)
-
-
-def test_entropy_from_logits():
-    V = 4
-    uniform = torch.zeros(1, 1, V)  # H = log 4 = 1.386294
-    peaked = t([[[100.0, 0.0, 0.0, 0.0]]])  # H ≈ 0
-    logits = torch.cat([uniform, peaked, uniform], dim=1)  # (1, 3, 4)
-    assert entropy_from_logits(logits, t([[1, 1, 0]])) == pytest.approx(math.log(4) / 2, abs=1e-6)
-    assert entropy_from_logits(logits, t([[1, 0, 0]])) == pytest.approx(math.log(4), abs=1e-6)
-    assert entropy_from_logits(logits, t([[0, 0, 0]])) == 0.0

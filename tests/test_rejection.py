@@ -6,19 +6,11 @@ import pytest
 
 from sharpen.learners.rejection_sampling.selection import (
     BStarStats,
-    best_by_likelihood,
     best_by_score,
     bstar_stats,
     keep_correct,
-    sequence_logprob,
 )
-from sharpen.models.base import Completion
 from sharpen.tasks.base import Verdict
-
-
-def comp(text: str, logprobs: tuple[float, ...]) -> Completion:
-    return Completion(text=text, token_ids=tuple(range(len(logprobs))), logprobs=logprobs,
-                      finish_reason="stop")
 
 
 def test_keep_correct_filters_dedups_and_caps():
@@ -36,22 +28,6 @@ def test_best_by_score_skips_none_and_ties_to_earliest():
     assert best_by_score([0.1, None, 0.7, 0.7, -1.0]) == 2
     assert best_by_score([None, None]) is None
     assert best_by_score([]) is None
-
-
-def test_sharpening_picks_the_most_likely_sequence():
-    group = [
-        comp("short", (-0.5, -0.5)),           # Σ = −1.0, mean −0.5
-        comp("long", (-0.2, -0.2, -0.2, -0.2)),  # Σ = −0.8, mean −0.2
-        comp("one", (-0.9,)),                   # Σ = −0.9, mean −0.9
-    ]
-    assert sequence_logprob(group[0]) == pytest.approx(-1.0)
-    assert sequence_logprob(group[1], normalize=True) == pytest.approx(-0.2)
-    assert best_by_likelihood(group) == 1  # −0.8 > −0.9 > −1.0
-    assert best_by_likelihood(group, normalize=True) == 1
-    # by sum, "one" (−0.9) beats "short" (−1.0); by mean, "short" (−0.5) beats "one" (−0.9)
-    assert best_by_likelihood([group[0], group[2]]) == 1
-    assert best_by_likelihood([group[0], group[2]], normalize=True) == 0
-    assert sequence_logprob(comp("", ()), normalize=True) == 0.0
 
 
 def test_bstar_stats_by_hand():

@@ -71,17 +71,6 @@ def signed_rewards(rewards: Tensor, r_min: float = 0.0, r_max: float = 1.0) -> T
     return 2.0 * (rewards - r_min) / (r_max - r_min) - 1.0  # (P, G)
 
 
-def zero_signal_fraction(rewards: Tensor) -> float:
-    """Fraction of groups whose rewards are all equal (they give every estimator zero advantage).
-
-    zero_signal_fraction = (1/P) Σ_q 1[max_i r_qi = min_i r_qi]   (METHODS.md §1, TRL logs it as
-    `frac_reward_zero_std`). Equality is exact.
-    """
-    _check_groups(rewards, "zero_signal_fraction")
-    flat = rewards.max(dim=1).values == rewards.min(dim=1).values  # (P,)
-    return flat.float().mean().item()
-
-
 # ---------------------------------------------------------------------------------------------
 # estimators: rewards (P, G) -> advantages (P, G)
 

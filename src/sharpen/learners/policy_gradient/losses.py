@@ -199,20 +199,3 @@ def clipped_surrogate(
             diagnostics["kl_ref"] = kl_ref.item()
     return loss, diagnostics
 
-
-def entropy_from_logits(logits: Tensor, mask: Tensor) -> float:
-    """Mean token entropy over the mask, for logging: (1/Σm) Σ_{b,t} m_bt H_bt,
-    H_bt = −Σ_v p_btv log p_btv with p = softmax(logits).
-
-    logits (B, T, V), mask (B, T). Detached; returns a Python float (0.0 for an empty mask).
-    """
-    if logits.dim() != 3 or logits.shape[:2] != mask.shape:
-        raise ValueError(
-            f"entropy_from_logits: logits must be (B, T, V) and mask (B, T), got "
-            f"{tuple(logits.shape)} and {tuple(mask.shape)}."
-        )
-    with torch.no_grad():
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-        entropy = -(logp.exp() * logp).sum(dim=-1)  # (B, T)
-        m = mask.to(entropy.dtype)  # (B, T)
-        return ((entropy * m).sum() / m.sum().clamp(min=1.0)).item()

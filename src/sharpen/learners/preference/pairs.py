@@ -51,23 +51,21 @@ def correctness_pairs(
     problem: Problem,
     completions: Sequence[Completion],
     verdicts: Sequence[Union[Verdict, Optional[bool]]],
-    max_pairs: Optional[int] = None,
 ) -> list[PreferencePair]:
     """(correct, incorrect) pairs, as in Iterative Reasoning Preference Optimization.
 
     Pang et al. (2024) "Iterative Reasoning Preference Optimization": winners are sampled
     completions whose answer is correct, losers ones whose answer is wrong. Here the i-th
     correct completion (in group order) is paired with the i-th incorrect one, so each
-    completion appears in at most one pair and there are min(#correct, #incorrect) pairs
-    (at most `max_pairs`). Unscorable completions (verdict None) take no side. Weight 1.
+    completion appears in at most one pair and there are min(#correct, #incorrect) pairs.
+    Unscorable completions (verdict None) take no side. Weight 1.
 
         verdicts [T, F, T, None, F, F] → pairs (0, 1), (2, 4)
     """
     _check_lengths("correctness_pairs", completions, verdicts, "verdicts")
     correct = [c for c, v in zip(completions, verdicts) if _correct(v) is True]
     wrong = [c for c, v in zip(completions, verdicts) if _correct(v) is False]
-    pairs = [PreferencePair(problem, w, l) for w, l in zip(correct, wrong)]
-    return pairs if max_pairs is None else pairs[:max_pairs]
+    return [PreferencePair(problem, w, l) for w, l in zip(correct, wrong)]
 
 
 def consistency_pairs(

@@ -4,7 +4,7 @@ Selections are pure functions over one group; they return *indices* into the gro
 caller can pick completions, verdicts and rewards alike:
 
     keep = keep_correct(verdicts)                      # RFT / ReST-EM / STaR: labels
-    best = best_by_likelihood(group)                   # sharpening: no labels
+    best = best_by_score(scores)                       # sharpening: no labels, any score
     data = [group[i] for i in keep]
 
 `bstar_stats` summarises one iteration's groups as B-STaR's exploration and exploitation
@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-from sharpen.models.base import Completion
 from sharpen.tasks.base import Verdict
 
 VerdictLike = Union[Verdict, Optional[bool]]
@@ -74,26 +73,6 @@ def best_by_score(scores: Sequence[Optional[float]]) -> Optional[int]:
     return best
 
 
-def sequence_logprob(completion: Completion, normalize: bool = False) -> float:
-    """log π(y | x) = Σ_t log π(y_t | x, y_<t) from the completion's own token log-probs;
-    divided by the number of tokens with `normalize` (0.0 for an empty completion)."""
-    total = float(sum(completion.logprobs))
-    if normalize:
-        return total / len(completion.logprobs) if completion.logprobs else 0.0
-    return total
-
-
-def best_by_likelihood(completions: Sequence[Completion], normalize: bool = False) -> Optional[int]:
-    """Sharpening selection: argmax_i log π(y_i | x) over the group, no labels.
-
-    Huang et al. (2024) "Self-Improvement in Language Models: The Sharpening Mechanism":
-    best-of-N by the model's own sequence likelihood, then SFT on the choice (SFT-Sharpening).
-    The log-probs are the ones recorded at sampling (`Completion.logprobs`, temperature 1).
-    `normalize` ranks by the per-token mean instead. Ties go to the earliest.
-    """
-    return best_by_score([sequence_logprob(c, normalize) for c in completions])
-
-
 # ---------------------------------------------------------------------------------------------
 # B-STaR monitoring over one iteration's groups
 
@@ -139,7 +118,7 @@ def bstar_stats(
 
     `responses` say what counts as distinct: the completion texts (B-STaR's unique correct
     responses) or a normalised form of them. `selected` holds, per group, the indices the
-    selection kept (`keep_correct`, `[best_by_likelihood(...)]`, …; may be empty). pass@K here
+    selection kept (`keep_correct`, `[best_by_score(...)]`, …; may be empty). pass@K here
     is the empirical any-correct rate of the K drawn samples, i.e. the unbiased estimator
     `evaluation.metrics.pass_at_k(n=K, c, k=K)`. All groups must have the same size K.
     """
