@@ -4,7 +4,9 @@ returns, and the one guarded optimizer step.
 A learner is any object with
 
     step(step, problems) -> StepOutput        sample, judge and update for one loop step
-    state_dict() / load_state_dict(state)     what a checkpoint must hold besides the weights
+    state_dict() / load_state_dict(state)     what a checkpoint must hold besides the weights:
+                                              tensors and plain types only (an optimizer's
+                                              state_dict is fine), read back with weights_only=True
 
 The loop owns the step counter, the problems of each step (a function of seed and step),
 evaluation, checkpoints and the run store; a learner owns everything between the problems
