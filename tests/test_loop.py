@@ -377,3 +377,30 @@ def test_plain_state_problem_names_where_the_state_is_not_plain():
     problem = plain_state_problem({"extra": [1, Counters(3)]}, "learner state")
     assert re.fullmatch(r"learner state\['extra'\]\[1\] is a [\w.]+\.<locals>\.Counters", problem), problem
     assert plain_state_problem({(1, 2): 0.5}) == "state has a key of type tuple"
+
+
+def test_held_out_evaluation_and_training_sample_from_different_streams(tmp_path, tiny_model_dir):
+    from sharpen.config import load_config
+    from sharpen.loop import Trainer
+
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, extra="problems_per_step: 4\n"), RunConfig,
+                      ["eval.problems=32"])  # two held-out batches of 16 problems
+
+    def seeds_and_results(run_dir):
+        trainer = Trainer(cfg, run_dir, progress=False)
+        calls, generate = [], trainer.policy.generate
+
+        def recording(prompts, params):
+            calls.append(params.seed)
+            return generate(prompts, params)
+
+        trainer.policy.generate = recording
+        held_out = trainer.evaluate()
+        eval_seeds, calls[:] = list(calls), []
+        steps = [trainer.train_step(step).metrics["reward/mean"] for step in (1, 2)]
+        return eval_seeds, list(calls), held_out, steps
+
+    eval_seeds, train_seeds, held_out, rewards = seeds_and_results(tmp_path / "a")
+    assert len(eval_seeds) == 2 and len(train_seeds) == 2
+    assert not set(eval_seeds) & set(train_seeds)
+    assert seeds_and_results(tmp_path / "b") == (eval_seeds, train_seeds, held_out, rewards)  # deterministic

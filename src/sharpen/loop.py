@@ -40,6 +40,7 @@ from sharpen.learners.score import Score, ScoreConfig
 from sharpen.models import load_policy
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore
+from sharpen.seeds import derive_seed
 from sharpen.signals.reward import Reward
 from sharpen.tasks import Problem, Task, get_task
 
@@ -143,7 +144,7 @@ class RunStopped(RuntimeError):
 
 def problem_batch(pool: list[Problem], seed: int, step: int, size: int) -> list[Problem]:
     """The problems of a step: a function of (seed, step) only, so a resumed run sees the same."""
-    rng = random.Random(seed * 1_000_003 + step)
+    rng = random.Random(derive_seed(seed, "train_problems", step))
     return rng.sample(pool, size) if size <= len(pool) else [rng.choice(pool) for _ in range(size)]
 
 

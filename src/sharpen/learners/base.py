@@ -25,6 +25,7 @@ from sharpen.episodes import Episode, next_prompt
 from sharpen.models.base import SamplingParams
 from sharpen.rollouts import RolloutBatch, RolloutProducer
 from sharpen.runs import CompletionRecord
+from sharpen.seeds import derive_seed
 from sharpen.signals.reward import Reward
 from sharpen.tasks.base import Problem, Task
 
@@ -105,8 +106,9 @@ class Learner(Protocol):
 
 
 def step_seed(seed: int, step: int) -> int:
-    """The sampling seed of a loop step: a function of (run seed, step) only."""
-    return seed * 1_000_003 + step
+    """The sampling seed of a loop step: a function of (run seed, step) only, a stream of its
+    own (`sharpen.seeds`), never the seed of a held-out evaluation batch."""
+    return derive_seed(seed, "train", step)
 
 
 def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
