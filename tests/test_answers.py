@@ -146,3 +146,41 @@ def test_latex_matching_works_outside_the_main_thread() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda pair: answers_match(*pair), pairs))
     assert results == [True, True, True, False]
+
+
+# found by timing math_verify 0.9.0: sympy spends ≈ 16 s (alone on the CPU) telling these apart
+SLOW_PAIR = ("(x+1)^{60}(y+1)^{60}", "(x+2)^{60}(y+3)^{60}")
+
+
+def test_a_comparison_past_its_deadline_is_unscorable_and_the_next_one_works(monkeypatch) -> None:
+    from sharpen.tasks import answers, verify_pool
+
+    monkeypatch.setattr(answers, "VERIFY_SECONDS", 2.0)
+    verdict = answer_verdict(*SLOW_PAIR)
+    assert verdict.correct is None and verdict.reward is None
+    assert verdict.note == f"math-verify took over 2 s comparing {SLOW_PAIR[0]!r} with {SLOW_PAIR[1]!r}"
+    assert answers_match("\\sqrt{9}", "3") is True  # a fresh worker took the stalled one's place
+    assert 1 <= len(verify_pool._idle) <= verify_pool.WORKERS
+    assert all(w.process.poll() is None for w in verify_pool._idle)
+
+
+def test_deadlines_hold_inside_worker_threads(monkeypatch) -> None:
+    from sharpen.tasks import answers
+
+    monkeypatch.setattr(answers, "VERIFY_SECONDS", 2.0)
+    slow = (SLOW_PAIR[0].replace("y", "z"), SLOW_PAIR[1].replace("y", "z"))  # not in the cache
+    pairs = [slow, ("\\sqrt{16}", "4"), ("x^2+3", "3+x^{2}"), ("\\sqrt{25}", "6")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        verdicts = list(pool.map(lambda pair: answer_verdict(*pair), pairs))
+    assert [v.correct for v in verdicts] == [None, True, True, False]
+    assert verdicts[0].note.startswith("math-verify took over 2 s")
+
+
+def test_a_worker_that_died_while_idle_is_replaced() -> None:
+    from sharpen.tasks import verify_pool
+
+    assert answers_match("\\sqrt{36}", "6") is True
+    for worker in verify_pool._idle:
+        worker.process.kill()
+        worker.process.wait()
+    assert answer_verdict("\\sqrt{49}", "7").correct is True

@@ -8,6 +8,7 @@ from rich.console import Console
 
 from sharpen.evaluation import EvalResult, evaluate
 from sharpen.models.base import Completion, SamplingParams
+from sharpen.seeds import derive_seed
 from sharpen.tasks.base import Problem, Task, Verdict
 
 PROBLEMS = [
@@ -100,8 +101,9 @@ def test_calls_task_and_policy_as_documented():
     assert fake.calls == [("eval", 3, 10)]
     assert [prompts for prompts, _ in policy.calls] == [["A?", "B?"], ["C?"]]
     first, second = policy.calls[0][1], policy.calls[1][1]
-    assert first == SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, stop=("\n",), seed=10)
-    assert second.seed == 11
+    seed = derive_seed(10, "eval", 0)
+    assert first == SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, stop=("\n",), seed=seed)
+    assert second.seed == derive_seed(10, "eval", 1)
     _, policy, _ = run(max_new_tokens=9, temperature=0.5, top_p=0.9, split="train")
     params = policy.calls[0][1]
     assert (params.max_new_tokens, params.temperature, params.top_p) == (9, 0.5, 0.9)

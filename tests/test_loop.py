@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from sharpen.learners.base import EpisodeSettings
 from sharpen.loop import RunConfig, RunStopped, eval_episodes, problem_batch, run, run_config
@@ -143,17 +146,16 @@ def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path, tiny
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
     reward_file = tmp_path / "bad_reward.py"
     reward_file.write_text(
-        "import math\n"
         "def blows_up_after_two(prompts, completions, step_calls=[0], **columns):\n"
-        "    step_calls[0] += 1\n"  # from step 3 on, an infinite reward: the loss is not finite
-        "    return [math.inf if step_calls[0] > 2 else float(i % 2) for i in range(len(completions))]\n"
+        "    step_calls[0] += 1\n"  # from step 3 on, a finite reward past float32 range: the loss is not finite
+        "    return [3e38 * (i % 2) if step_calls[0] > 2 else float(i % 2) for i in range(len(completions))]\n"
     )
     cfg = RunConfig.model_validate({
         "model": str(tiny_model_dir), "steps": 5, "problems_per_step": 2, "checkpoint_every": 1,
         "sampling": {"group_size": 2}, "eval": {"every": 10, "problems": 4, "samples": 2, "ks": [1]},
         "rewards": [{"name": f"{reward_file}:blows_up_after_two"}], "learner": {"advantage": "reinforce"},
     })
-    with pytest.raises(RunStopped, match="step 3: the loss is (inf|nan)") as info:
+    with pytest.raises(RunStopped, match="step 3: the loss is (-?inf|nan)") as info:
         run_config(cfg, tmp_path / "nan", progress=False)
     store = RunStore(tmp_path / "nan")
     assert store.last_step() == 2
@@ -201,3 +203,203 @@ def test_label_free_training_never_reads_a_reference(tmp_path, tiny_model_dir, s
         assert "train/accuracy" not in metrics and math.isfinite(metrics["reward/mean"])
     if learner.get("kind") == "rejection_sampling":
         assert updated > 0  # the learner did train, on labels it never saw
+
+
+# ---- checkpoints: what a resume loads, and what it never deletes ----------------------------
+
+class Killed(Exception):
+    """Stands for a kill between two steps."""
+
+
+def interrupted_run(monkeypatch, cfg: Path, run_dir, before_step: int) -> None:
+    """Run `cfg` into `run_dir` and stop it just before `before_step` (steps before it are stored)."""
+    from sharpen.loop import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self, step):
+        if step == before_step:
+            raise Killed(step)
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    with pytest.raises(Killed):
+        run(cfg, [f"run_dir={run_dir}"], progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+
+def resumed_steps(monkeypatch, cfg: Path, run_dir) -> list[int]:
+    """Resume the run in `run_dir`; the steps the resumed run trained."""
+    from sharpen.loop import Trainer
+
+    original, ran = Trainer.train_step, []
+
+    def train_step(self, step):
+        ran.append(step)
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    run(cfg, [f"run_dir={run_dir}"], resume=True, progress=False)
+    return ran
+
+
+def store_dump(run_dir: Path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def test_resume_from_another_working_directory(tmp_path, tiny_model_dir, monkeypatch):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    interrupted_run(monkeypatch, cfg, "runs/cfg", before_step=4)  # a relative run_dir, as by default
+    run_dir = tmp_path / "here" / "runs" / "cfg"
+    kept = [row for row in store_dump(run_dir) if "INSERT INTO \"steps\"" in row]
+    assert len(kept) == 4  # steps 0..3; the checkpoint of step 2
+
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resumed_steps(monkeypatch, cfg, run_dir) == [3, 4, 5, 6]  # from step 2's checkpoint, not from 1
+    after = [row for row in store_dump(run_dir) if "INSERT INTO \"steps\"" in row]
+    assert after[:3] == kept[:3]  # steps 0..2 are the rows written before the kill
+    assert [r.step for r in RunStore(run_dir).metrics("reward/mean")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_after_the_run_directory_moved(tmp_path, tiny_model_dir, monkeypatch):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    interrupted_run(monkeypatch, cfg, tmp_path / "first", before_step=4)
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    assert resumed_steps(monkeypatch, cfg, tmp_path / "moved") == [3, 4, 5, 6]
+    assert [c.step for c in RunStore(tmp_path / "moved").checkpoints()] == [2, 4, 6]
+
+
+def test_resume_without_its_checkpoint_stops_and_changes_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    run_dir = tmp_path / "run"
+    interrupted_run(monkeypatch, cfg, run_dir, before_step=4)
+    shutil.rmtree(run_dir / "checkpoints")
+    before = store_dump(run_dir)
+    assert sum("INSERT INTO \"steps\"" in row for row in before) == 4
+    with pytest.raises(RunStopped) as info:
+        resumed_steps(monkeypatch, cfg, run_dir)
+    message = str(info.value)
+    assert f"step 2) at {run_dir / 'checkpoints' / 'step-000002'}" in message
+    assert "config.json, learner_state.pt is not there. Nothing was changed" in message
+    assert store_dump(run_dir) == before  # every row, every table
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_resume_deletes_checkpoint_folders_of_truncated_steps(tmp_path, tiny_model_dir, monkeypatch):
+    from sharpen.loop import Trainer
+
+    cfg = write_config(tmp_path, tiny_model_dir)
+    run_dir = tmp_path / "run"
+    interrupted_run(monkeypatch, cfg, run_dir, before_step=4)
+    checkpoints = run_dir / "checkpoints"
+    shutil.copytree(checkpoints / "step-000002", checkpoints / "step-000004")  # saved, never stored
+    (checkpoints / "step-000003.tmp").mkdir()  # half-written
+    (checkpoints / "notes").mkdir()  # not a checkpoint folder: left alone
+    seen = []
+    original = Trainer.train_step
+
+    def train_step(self, step):
+        seen.append(sorted(p.name for p in checkpoints.iterdir()))
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    run(cfg, [f"run_dir={run_dir}"], resume=True, progress=False)
+    assert seen[0] == ["notes", "step-000002"]
+
+
+def test_resume_refuses_a_learner_state_that_is_not_plain_data(tmp_path, tiny_model_dir, monkeypatch):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    run_dir = tmp_path / "run"
+    interrupted_run(monkeypatch, cfg, run_dir, before_step=4)
+    marker = tmp_path / "unpickled"
+
+    class Payload:  # what a tampered checkpoint could hold: unpickling it calls open(marker, "w")
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    torch.save({"optimizer": Payload()}, run_dir / "checkpoints" / "step-000002" / "learner_state.pt")
+    before = store_dump(run_dir)
+    with pytest.raises(RunStopped, match=r"checkpoint of step 2 at .*step-000002 could not be read"):
+        resumed_steps(monkeypatch, cfg, run_dir)
+    assert not marker.exists()
+    assert store_dump(run_dir) == before
+
+
+@pytest.mark.parametrize("learner", LEARNER_SECTIONS)
+def test_every_learner_state_is_plain_data_that_loads_with_weights_only(tmp_path, tiny_model_dir, learner):
+    from sharpen.config import load_config
+    from sharpen.loop import LEARNER_STATE, Trainer, plain_state_problem
+
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, extra=LEARNER_SECTIONS[learner]), RunConfig, [])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.train_step(1)
+    saved = trainer.learner.state_dict()
+    assert plain_state_problem(saved) is None
+    loaded = torch.load(trainer.save_checkpoint(1) / LEARNER_STATE, weights_only=True)
+    fresh = Trainer(cfg, tmp_path / "fresh", progress=False)
+    fresh.learner.load_state_dict(loaded)
+    assert plain_state_problem(fresh.learner.state_dict()) is None
+    assert torch.equal(torch.cat([t.flatten() for t in tensors(fresh.learner.state_dict())]),
+                       torch.cat([t.flatten() for t in tensors(saved)]))
+
+
+def tensors(value) -> list[torch.Tensor]:
+    """Every tensor in a nested state, in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for key in sorted(value, key=str) for t in tensors(value[key])]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in tensors(v)]
+    return []
+
+
+def test_plain_state_problem_names_where_the_state_is_not_plain():
+    from dataclasses import dataclass
+
+    from sharpen.loop import plain_state_problem
+
+    @dataclass
+    class Counters:
+        updates: int
+
+    assert plain_state_problem({"optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "lr": [1e-3, None]}}) is None
+    problem = plain_state_problem({"extra": [1, Counters(3)]}, "learner state")
+    assert re.fullmatch(r"learner state\['extra'\]\[1\] is a [\w.]+\.<locals>\.Counters", problem), problem
+    assert plain_state_problem({(1, 2): 0.5}) == "state has a key of type tuple"
+
+
+def test_held_out_evaluation_and_training_sample_from_different_streams(tmp_path, tiny_model_dir):
+    from sharpen.config import load_config
+    from sharpen.loop import Trainer
+
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, extra="problems_per_step: 4\n"), RunConfig,
+                      ["eval.problems=32"])  # two held-out batches of 16 problems
+
+    def seeds_and_results(run_dir):
+        trainer = Trainer(cfg, run_dir, progress=False)
+        calls, generate = [], trainer.policy.generate
+
+        def recording(prompts, params):
+            calls.append(params.seed)
+            return generate(prompts, params)
+
+        trainer.policy.generate = recording
+        held_out = trainer.evaluate()
+        eval_seeds, calls[:] = list(calls), []
+        steps = [trainer.train_step(step).metrics["reward/mean"] for step in (1, 2)]
+        return eval_seeds, list(calls), held_out, steps
+
+    eval_seeds, train_seeds, held_out, rewards = seeds_and_results(tmp_path / "a")
+    assert len(eval_seeds) == 2 and len(train_seeds) == 2
+    assert not set(eval_seeds) & set(train_seeds)
+    assert seeds_and_results(tmp_path / "b") == (eval_seeds, train_seeds, held_out, rewards)  # deterministic

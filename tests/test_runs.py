@@ -172,3 +172,48 @@ def test_sigkill_at_a_random_moment_keeps_only_whole_steps(tmp_path):
     kill_child(tmp_path, stall_at=-1, wait_for="started", delay=0.4)
     with RunStore(tmp_path) as store:
         assert assert_whole_steps(store) >= 0
+
+
+def test_checkpoint_paths_are_stored_relative_to_the_run_directory(tmp_path, monkeypatch):
+    import shutil
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    with RunStore("runs/a") as store:
+        with store.step(1) as w:
+            w.checkpoint("runs/a/checkpoints/step-1")  # relative to the working directory
+        with store.step(2) as w:
+            w.checkpoint(tmp_path / "runs" / "a" / "checkpoints" / "step-2")
+        with store.step(3) as w:
+            w.checkpoint(tmp_path / "outside")
+    conn = sqlite3.connect(tmp_path / "runs" / "a" / "run.sqlite")
+    stored = [row[0] for row in conn.execute("SELECT path FROM checkpoints ORDER BY step")]
+    conn.close()
+    assert stored == ["checkpoints/step-1", "checkpoints/step-2", str(tmp_path / "outside")]
+
+    shutil.move(tmp_path / "runs" / "a", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "runs")
+    with RunStore(tmp_path / "moved") as store:
+        paths = [c.path for c in store.checkpoints()]
+    assert paths == [str(tmp_path / "moved" / "checkpoints" / "step-1"),
+                     str(tmp_path / "moved" / "checkpoints" / "step-2"), str(tmp_path / "outside")]
+
+
+def test_a_version_1_store_is_migrated_to_run_relative_paths(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    with RunStore("runs/old") as store:
+        write_step(store, 1)
+    (tmp_path / "runs" / "old" / "checkpoints" / "step-1").mkdir(parents=True)
+    conn = sqlite3.connect(tmp_path / "runs" / "old" / "run.sqlite")  # as sharpen with schema 1 wrote it
+    conn.execute("INSERT INTO checkpoints VALUES (1, 'runs/old/checkpoints/step-1', 'then')")
+    conn.execute("INSERT INTO checkpoints VALUES (1, 'gone/step-1', 'then')")  # not found: left as it is
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    with RunStore(tmp_path / "runs" / "old") as store:
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert [c.path for c in store.checkpoints()] == [
+            str(tmp_path / "runs" / "old" / "checkpoints" / "step-1"), str(tmp_path / "runs" / "old" / "gone" / "step-1"),
+        ]

@@ -417,6 +417,20 @@ def test_reward_rejects_bad_shapes_and_duplicates():
         Reward.from_specs(["correctness", "correctness"], task=TASK)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_reward_refuses_non_finite_scores_naming_the_signal(bad):
+    groups = [texts("a", "b")]
+    with pytest.raises(ValueError, match=rf"signal 'wild' returned {bad!r} for completion 1 of group 0.*finite"):
+        Reward([Component("wild", Fixed("wild", [[1.0, bad]]), 1.0)])(PROBLEMS[:1], groups)
+
+
+def test_reward_refuses_a_weighted_sum_that_overflows():
+    groups = [texts("a")]
+    huge = [Component("big", Fixed("big", [[1e308]]), 1.0), Component("bigger", Fixed("bigger", [[1e308]]), 1.0)]
+    with pytest.raises(ValueError, match=r"'big': 1e\+308, 'bigger': 1e\+308.*overflowed to inf"):
+        Reward(huge)(PROBLEMS[:1], groups)
+
+
 # ---- user reward functions ----------------------------------------------------------------
 
 USER_FILE = textwrap.dedent(
@@ -442,6 +456,9 @@ USER_FILE = textwrap.dedent(
 
     def narrow(prompts, completions):
         return [0.0] * len(completions)
+
+    def unbounded(prompts, completions, **kwargs):
+        return [float("-inf")] * len(completions)
     """
 )
 
@@ -481,6 +498,8 @@ def test_user_function_errors_name_the_function(user_file):
         build_signal(f"{user_file}:too_short", task=TASK)(problems, groups)
     with pytest.raises(RewardFunctionError, match=r"strings.*returned str"):
         build_signal(f"{user_file}:strings", task=TASK)(problems, groups)
+    with pytest.raises(RewardFunctionError, match=r"'[^']*unbounded' returned -inf at index 0; rewards must be finite"):
+        build_signal(f"{user_file}:unbounded", task=TASK)(problems, groups)
     with pytest.raises(RewardFunctionError, match=r"narrow.*\*\*kwargs"):
         build_signal(f"{user_file}:narrow", task=TASK)(problems, groups)
     with pytest.raises(RewardFunctionError, match="has no attribute 'missing'"):

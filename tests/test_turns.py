@@ -17,6 +17,7 @@ from sharpen.evaluation.turns import (
     wrong_to_right,
 )
 from sharpen.models.base import Completion
+from sharpen.seeds import derive_seed
 from sharpen.tasks.base import Problem
 
 T, F = True, False
@@ -173,7 +174,8 @@ def test_evaluate_turns_rolls_out_episodes_on_held_out_problems():
     result = evaluate_turns(policy, task, turns=3, n_problems=5, episodes_per_problem=2, feedback="binary", seed=4)
     held_out = task.problems("eval", 5, 4)
     assert policy.calls[0][0] == [p.prompt for p in held_out for _ in range(2)]  # S episodes per problem, in order
-    assert [params.seed for _, params in policy.calls] == [4, 5, 6]
+    first = derive_seed(4, "eval_turns")
+    assert [params.seed for _, params in policy.calls] == [first, first + 1, first + 2]
     assert all(params.n == 1 and params.max_new_tokens == task.max_new_tokens for _, params in policy.calls)
     m = result.metrics
     assert [m[f"turn{t}/accuracy"].value for t in (1, 2, 3)] == [0.0, 1.0, 1.0]

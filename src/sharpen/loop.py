@@ -15,7 +15,9 @@ the optimizer, so a run killed at any moment and resumed reproduces the uninterr
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -38,10 +40,14 @@ from sharpen.learners.self_correction.score import Score, ScoreConfig
 from sharpen.models import load_policy
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore
+from sharpen.seeds import derive_seed
 from sharpen.signals.reward import Reward
 from sharpen.tasks import Problem, Task, get_task
 
 KEEP_CHECKPOINTS = 2
+LEARNER_STATE = "learner_state.pt"
+"""The learner's part of a checkpoint: tensors and plain types only, read with `weights_only=True`."""
+_CHECKPOINT_DIR_RE = re.compile(r"step-(\d+)(?:\.tmp)?")
 
 
 class TaskConfig(ConfigModel):
@@ -138,8 +144,25 @@ class RunStopped(RuntimeError):
 
 def problem_batch(pool: list[Problem], seed: int, step: int, size: int) -> list[Problem]:
     """The problems of a step: a function of (seed, step) only, so a resumed run sees the same."""
-    rng = random.Random(seed * 1_000_003 + step)
+    rng = random.Random(derive_seed(seed, "train_problems", step))
     return rng.sample(pool, size) if size <= len(pool) else [rng.choice(pool) for _ in range(size)]
+
+
+def plain_state_problem(value: Any, where: str = "state") -> Optional[str]:
+    """Where `value` holds something other than tensors, numbers, strings, None, lists, tuples
+    and str/int-keyed dicts (what `torch.load(weights_only=True)` reads back), or None."""
+    if value is None or isinstance(value, (torch.Tensor, bool, int, float, str)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((p for i, v in enumerate(value) if (p := plain_state_problem(v, f"{where}[{i}]"))), None)
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if not isinstance(key, (str, int)):
+                return f"{where} has a key of type {type(key).__name__}"
+            if problem := plain_state_problem(v, f"{where}[{key!r}]"):
+                return problem
+        return None
+    return f"{where} is a {type(value).__module__}.{type(value).__qualname__}"
 
 
 def eval_metrics(result: EvalResult) -> dict[str, float]:
@@ -222,7 +245,11 @@ class Trainer:
         shutil.rmtree(staging, ignore_errors=True)
         self.policy.model.save_pretrained(staging)
         self.policy.tokenizer.save_pretrained(staging)
-        torch.save(self.learner.state_dict(), staging / "learner_state.pt")
+        state = self.learner.state_dict()
+        if problem := plain_state_problem(state, "learner state"):
+            raise TypeError(f"{problem}: a learner's state_dict() may hold only tensors and plain types "
+                            "(numbers, strings, None, lists, tuples, dicts), so resume loads it with weights_only=True")
+        torch.save(state, staging / LEARNER_STATE)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         return final
@@ -234,19 +261,50 @@ class Trainer:
             shutil.rmtree(old.path, ignore_errors=True)
 
     def restore(self) -> int:
-        """Load the last stored checkpoint; returns the first step still to run."""
-        known = [c for c in self.store.checkpoints() if Path(c.path).exists()]
+        """Load the last indexed checkpoint; returns the first step still to run.
+
+        Steps logged after that checkpoint are truncated (they are run again, the same way) and
+        the checkpoint folders of steps after it are deleted. A run with no checkpoint yet goes
+        on from the base model at step 1 (its step-0 evaluation kept). If the last indexed
+        checkpoint is missing or unreadable, the run stops with an error naming what was looked
+        for, and neither the store nor any folder is touched.
+        """
+        known = self.store.checkpoints()
         if not known:
             self.store.truncate_after(0)
+            self.remove_checkpoints_after(0)
             return 1
         last = max(known, key=lambda c: c.step)
+        folder = Path(last.path)
+        missing = [name for name in ("config.json", LEARNER_STATE) if not (folder / name).is_file()]
+        if missing:
+            raise RunStopped(
+                f"cannot resume {self.run_dir}: the run store ({self.store.path}) indexes its last checkpoint "
+                f"(step {last.step}) at {folder}, but {', '.join(missing)} is not there. Nothing was changed; "
+                "put the checkpoint folder back, or start the run in a new run_dir"
+            )
         from transformers import AutoModelForCausalLM
 
-        weights = AutoModelForCausalLM.from_pretrained(last.path, dtype=self.policy.model.dtype).state_dict()
+        try:
+            weights = AutoModelForCausalLM.from_pretrained(folder, dtype=self.policy.model.dtype).state_dict()
+            state = torch.load(folder / LEARNER_STATE, weights_only=True)
+        except (OSError, pickle.UnpicklingError, RuntimeError, ValueError) as err:
+            raise RunStopped(f"cannot resume {self.run_dir}: the checkpoint of step {last.step} at {folder} "
+                             f"could not be read ({err}). Nothing was changed") from err
         self.policy.model.load_state_dict(weights)
-        self.learner.load_state_dict(torch.load(Path(last.path) / "learner_state.pt", weights_only=False))
+        self.learner.load_state_dict(state)
         self.store.truncate_after(last.step)
+        self.remove_checkpoints_after(last.step)
         return last.step + 1
+
+    def remove_checkpoints_after(self, step: int) -> None:
+        """Delete checkpoint folders (and half-written `.tmp` ones) of steps after `step`:
+        saved by a run killed before it stored the step, they belong to no stored step."""
+        folder = self.run_dir / "checkpoints"
+        for path in folder.iterdir() if folder.is_dir() else ():
+            match = _CHECKPOINT_DIR_RE.fullmatch(path.name)
+            if match and int(match.group(1)) > step:
+                shutil.rmtree(path)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -350,11 +408,17 @@ def run(config_path: str | Path, overrides: list[str] = (), *, resume: bool = Fa
     return run_config(cfg, run_dir, resume=resume, progress=progress)
 
 
+def _without_run_dir(config: dict) -> dict:
+    """A stored config without `run_dir`: where a run lives is not part of what it is (it may
+    be resumed from another working directory, or after its directory moved)."""
+    return {key: value for key, value in config.items() if key != "run_dir"}
+
+
 def run_config(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(run_dir)
     saved = store.config()
-    if resume and saved is not None and saved != cfg.model_dump(mode="json"):
+    if resume and saved is not None and _without_run_dir(saved) != _without_run_dir(cfg.model_dump(mode="json")):
         raise RunStopped(f"{run_dir} was started with a different config; resume it with the same config")
     if saved is None:
         store.write_config(cfg.model_dump(mode="json"))

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from sharpen.evaluation.metrics import bootstrap_ci, maj_at_k, mean, pass_at_k
 from sharpen.models.base import Completion, Policy, SamplingParams
+from sharpen.seeds import derive_seed
 from sharpen.tasks.base import Problem, Prompt, Task
 
 CONFIDENCE = 0.95
@@ -155,7 +156,8 @@ def evaluate(
 
     Problems come from `task.problems(split, n_problems, seed)` and are sent to the policy
     `batch_size` problems per `generate` call, with the task's `max_new_tokens` (unless
-    given) and stop strings; batch b is sampled with seed `seed + b`. Reported: accuracy,
+    given) and stop strings; batch b is sampled with seed `derive_seed(seed, "eval", b)`
+    (a stream of its own, never a training step's: `sharpen.seeds`). Reported: accuracy,
     pass@k for every k in `ks` with k <= samples (larger k are skipped), maj@k for those
     k > 1, each a mean over problems with a bootstrap CI over problems, plus tokens per
     problem and the number of unscorable completions.
@@ -178,7 +180,7 @@ def evaluate(
                 top_p=top_p,
                 max_new_tokens=task.max_new_tokens if max_new_tokens is None else max_new_tokens,
                 stop=task.stop,
-                seed=seed + b,
+                seed=derive_seed(seed, "eval", b),
             )
             groups = policy.generate([p.prompt for p in batch], params)
             _check_shape(groups, len(batch), samples)

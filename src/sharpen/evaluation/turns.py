@@ -51,6 +51,7 @@ from sharpen.episodes import NEUTRAL_FEEDBACK, Episode, run_episodes
 from sharpen.evaluation.evaluate import CONFIDENCE, N_BOOT, Metric
 from sharpen.evaluation.metrics import bootstrap_ci, majority_index, mean
 from sharpen.models.base import Policy, SamplingParams
+from sharpen.seeds import derive_seed
 from sharpen.tasks.base import Task
 
 CorrectnessMatrix = Union[np.ndarray, Sequence[Sequence[Optional[bool]]]]
@@ -259,7 +260,8 @@ def evaluate_turns(
 
     One `run_episodes` call for all episodes (each problem repeated S times in a row), with
     the task's `max_new_tokens` and stop strings at `temperature`; turn t samples with seed
-    `seed + t`. Feedback modes and `neutral` as in `sharpen.episodes`.
+    `derive_seed(seed, "eval_turns") + t` (a stream of its own: `sharpen.seeds`). Feedback
+    modes and `neutral` as in `sharpen.episodes`.
     """
     if turns < 1:
         raise ValueError(f"evaluate_turns needs turns >= 1, got {turns}")
@@ -272,7 +274,8 @@ def evaluate_turns(
     rows = [p for p in problems for _ in range(episodes_per_problem)]
     params = SamplingParams(n=1, temperature=temperature, max_new_tokens=task.max_new_tokens, stop=task.stop)
     episodes = run_episodes(policy, task, rows, turns=turns, feedback=feedback, params=params,
-                            stop_when_correct=stop_when_correct, seed=seed, neutral=neutral)
+                            stop_when_correct=stop_when_correct, seed=derive_seed(seed, "eval_turns"),
+                            neutral=neutral)
     metrics = turn_metrics(episodes, turns=turns, episodes_per_problem=episodes_per_problem, seed=seed)
     return TurnEvalResult(metrics, len(problems), episodes_per_problem, turns, feedback, stop_when_correct,
                           time.perf_counter() - start)

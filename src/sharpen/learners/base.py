@@ -4,7 +4,9 @@ returns, and the one guarded optimizer step.
 A learner is any object with
 
     step(step, problems) -> StepOutput        sample, judge and update for one loop step
-    state_dict() / load_state_dict(state)     what a checkpoint must hold besides the weights
+    state_dict() / load_state_dict(state)     what a checkpoint must hold besides the weights:
+                                              tensors and plain types only (an optimizer's
+                                              state_dict is fine), read back with weights_only=True
 
 The loop owns the step counter, the problems of each step (a function of seed and step),
 evaluation, checkpoints and the run store; a learner owns everything between the problems
@@ -24,6 +26,7 @@ from sharpen.episodes import Episode, next_prompt
 from sharpen.models.base import SamplingParams
 from sharpen.rollouts import RolloutBatch, RolloutProducer
 from sharpen.runs import CompletionRecord
+from sharpen.seeds import derive_seed
 from sharpen.signals.reward import Reward
 from sharpen.tasks.base import Problem, Task
 
@@ -112,8 +115,9 @@ def accepted_options(fn: Callable, **options: Any) -> dict[str, Any]:
 
 
 def step_seed(seed: int, step: int) -> int:
-    """The sampling seed of a loop step: a function of (run seed, step) only."""
-    return seed * 1_000_003 + step
+    """The sampling seed of a loop step: a function of (run seed, step) only, a stream of its
+    own (`sharpen.seeds`), never the seed of a held-out evaluation batch."""
+    return derive_seed(seed, "train", step)
 
 
 def batch_metrics(batch: RolloutBatch) -> dict[str, float]:

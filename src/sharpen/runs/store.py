@@ -10,6 +10,10 @@ their rewards, and an index of checkpoints. Each step is written in one transact
         w.completions([CompletionRecord("add/3+4", "3+4=", "7", reward=1.0)])
         w.checkpoint("runs/add2/ckpt-12")
 
+Checkpoint paths inside the run directory are stored relative to it (`ckpt-12`), so a run
+can be resumed from any working directory and after its directory is moved; `checkpoints()`
+gives them back joined to the run directory. Paths outside it are stored absolute.
+
 A crash (exception or a killed process) inside the block loses that step and nothing
 else; the database is in WAL mode with full sync, so committed steps survive. To resume,
 read `last_step()`, reload its checkpoint and call `truncate_after(step)` for any rows
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +33,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
 FILENAME = "run.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: checkpoint paths as given (relative to the writer's working directory); 2: relative to
+the run directory. A version-1 store is migrated when opened (see `_migrate_checkpoint_paths`)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS config (
@@ -109,6 +116,7 @@ class CheckpointRow:
 
     step: int
     path: str
+    """Where the files are: the stored path joined to the run directory (`RunStore.run_dir`)."""
     created: str
     """UTC time, ISO 8601."""
 
@@ -117,12 +125,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _stored_path(path: Union[str, Path], run_dir: Path) -> str:
+    """`path` relative to `run_dir` (POSIX separators) if it lies inside it, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(Path(os.path.abspath(run_dir))).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
 class StepWriter:
     """Writes the rows of one step inside its open transaction; see `RunStore.step`."""
 
-    def __init__(self, conn: sqlite3.Connection, step: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, step: int, run_dir: Path) -> None:
         self._conn = conn
         self.step = step
+        self._run_dir = run_dir
         self._open = True
 
     def _live(self) -> sqlite3.Connection:
@@ -152,9 +170,11 @@ class StepWriter:
         )
 
     def checkpoint(self, path: Union[str, Path]) -> None:
-        """Index a checkpoint saved at this step (save the files before the block ends)."""
+        """Index a checkpoint saved at this step (save the files before the block ends); a
+        relative `path` is relative to the working directory, as everywhere."""
         self._live().execute(
-            "INSERT INTO checkpoints (step, path, created) VALUES (?, ?, ?)", (self.step, str(path), _now())
+            "INSERT INTO checkpoints (step, path, created) VALUES (?, ?, ?)",
+            (self.step, _stored_path(path, self._run_dir), _now()),
         )
 
 
@@ -170,13 +190,24 @@ class RunStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise RunStoreError(
-                f"{self.path} has schema version {version}; this sharpen reads {SCHEMA_VERSION}"
+                f"{self.path} has schema version {version}; this sharpen reads versions up to {SCHEMA_VERSION}"
             )
         self._conn.executescript(_SCHEMA)
+        if version == 1:
+            self._migrate_checkpoint_paths()
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._writing = False
+
+    def _migrate_checkpoint_paths(self) -> None:
+        """Version 1 → 2: a stored path that exists, read as version 1 did (from the working
+        directory), is rewritten relative to the run directory; other rows are left as they are."""
+        with self._transaction() as conn:
+            for rowid, path in conn.execute("SELECT rowid, path FROM checkpoints").fetchall():
+                if Path(path).exists():
+                    conn.execute("UPDATE checkpoints SET path = ? WHERE rowid = ?",
+                                 (_stored_path(path, self.run_dir), rowid))
 
     def close(self) -> None:
         self._conn.close()
@@ -237,7 +268,7 @@ class RunStore:
         self._writing = True
         try:
             with self._transaction() as conn:
-                writer = StepWriter(conn, step)
+                writer = StepWriter(conn, step, self.run_dir)
                 try:
                     yield writer
                 finally:
@@ -277,7 +308,7 @@ class RunStore:
         return [CompletionRow(s, pid, p, c, r, json.loads(x)) for s, pid, p, c, r, x in rows]
 
     def checkpoints(self) -> list[CheckpointRow]:
-        """Indexed checkpoints ordered by step."""
+        """Indexed checkpoints ordered by step, their paths joined to the run directory."""
         sql = "SELECT step, path, created FROM checkpoints ORDER BY step, rowid"
         rows = self._conn.execute(sql).fetchall()
-        return [CheckpointRow(*row) for row in rows]
+        return [CheckpointRow(step, str(self.run_dir / path), created) for step, path, created in rows]

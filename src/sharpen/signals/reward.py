@@ -166,6 +166,14 @@ class Reward:
                 for j, value in enumerate(row):
                     if value is not None:
                         total[i][j] += c.weight * value
+        for i, row in enumerate(total):
+            for j, value in enumerate(row):
+                if not math.isfinite(value):
+                    parts = {c.name: scores[c.name][i][j] for c in self.components if c.weight != 0}
+                    raise ValueError(
+                        f"the weighted sum of {parts} (weights {self.weights}) overflowed to {value} "
+                        f"for completion {j} of group {i}; keep scores and weights within float range"
+                    )
         return RewardResult(total=total, components=scores, weights=self.weights)
 
 
@@ -177,9 +185,9 @@ def _checked(name: str, scores: Scores, groups: Sequence[Sequence[Completion]]) 
         raise ValueError(f"signal {name!r} returned scores of group sizes {got}, expected {shape}")
     for i, row in enumerate(scores):
         for j, value in enumerate(row):
-            if value is not None and (not isinstance(value, float) or math.isnan(value)):
+            if value is not None and (not isinstance(value, float) or not math.isfinite(value)):
                 raise ValueError(
                     f"signal {name!r} returned {value!r} for completion {j} of group {i}; "
-                    "a score must be a float, or None where the signal does not apply"
+                    "a score must be a finite float, or None where the signal does not apply"
                 )
     return scores

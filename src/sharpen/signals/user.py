@@ -116,9 +116,10 @@ class UserFunction:
             if value is None:
                 out.append(None)
             elif isinstance(value, numbers.Real):
-                if math.isnan(float(value)):
+                if not math.isfinite(float(value)):
                     raise RewardFunctionError(
-                        f"reward function {self.name!r} returned NaN at index {i}; return None where a reward does not apply"
+                        f"reward function {self.name!r} returned {float(value)} at index {i}; rewards must be finite, "
+                        "return None where a reward does not apply"
                     )
                 out.append(float(value))
             else:

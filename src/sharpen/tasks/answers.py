@@ -5,11 +5,17 @@ and compared as `fractions.Fraction`; anything else is compared by the `math_ver
 restricted to its LaTeX parser (its plain-expression parser hands text to sympy's
 `parse_expr`, which calls `eval`, so it is not used).
 
-math_verify's timeouts use `signal.alarm`, which only works in the main thread; they are
-switched off here (`parsing_timeout=None`, `timeout_seconds=None`) so that checkers run in
-worker threads. In their place, answers longer than `MAX_LATEX_CHARS` and expressions that
-would take sympy minutes to evaluate (huge or nested powers, huge factorials) are refused
-before comparison. math_verify logs one warning per process that its timeout is off.
+math_verify's own timeouts use `signal.alarm`, which only works in the main thread (checked
+in math-verify 0.9.0: `math_verify.utils.timeout`), so checkers could not run in worker
+threads with them. Instead every LaTeX comparison (parsing both answers and the equivalence
+check) runs in a worker process (`sharpen.tasks.verify_pool`) with a deadline of
+`VERIFY_SECONDS`: a comparison still running then is killed with its worker and counted
+unscorable, never a silent wrong. Calls are thread-safe. Answers longer than
+`MAX_LATEX_CHARS` and expressions that would take sympy minutes to evaluate (huge or nested
+powers, huge factorials) are refused before comparison, so the common costly answers are
+wrong without waiting for the deadline. Results are cached per (prediction, reference) pair;
+two numbers are compared in-process and never reach a worker. A timed-out comparison is
+not remembered.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Optional
+from functools import lru_cache
+from typing import Any, NamedTuple, Optional
 
+from sharpen.tasks import verify_pool
 from sharpen.tasks.base import Verdict
 
 RELATIVE_TOLERANCE = Fraction(1, 10**6)
@@ -29,6 +37,8 @@ MAX_EXPONENT = 100_000
 """A numeric power with a larger exponent is refused (sympy would expand it)."""
 MAX_FACTORIAL = 1000
 """A factorial of a larger integer is refused."""
+VERIFY_SECONDS = 5.0
+"""Deadline of one LaTeX comparison in its worker process; a slower one is counted unscorable."""
 
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
 NUMBER_RE = re.compile(rf"(?<![\w.])(?P<neg>(?<![\w)\]}}])-)?(?P<num>{_DIGITS})(?:\s*/\s*(?P<den>\d+)(?![\d.]))?")
@@ -211,25 +221,9 @@ def _latex(text: str) -> Optional[list[Any]]:
     return parsed
 
 
-def answers_match(pred: Optional[str], ref: Optional[str]) -> Optional[bool]:
-    """Whether a predicted answer equals the reference; None if the reference is unusable.
-
-    Both numbers (`parse_number`): exact if both are written as integers, else equal within
-    RELATIVE_TOLERANCE (so "0.5" matches "1/2"). Otherwise LaTeX equivalence by math_verify
-    (`\\frac{1}{2}` matches `0.5`, `\\sqrt{4}` matches `2`). A missing or unreadable
-    prediction is False; a missing or unreadable reference gives None (unscorable).
-    """
-    if ref is None:
-        return None
-    ref_number = parse_number(ref)
-    if ref_number is not None and pred is None:
-        return False
-    pred_number = parse_number(pred) if pred is not None else None
-    if ref_number is not None and pred_number is not None:
-        (a, a_int), (b, b_int) = pred_number, ref_number
-        if a_int and b_int:
-            return a == b
-        return abs(a - b) <= RELATIVE_TOLERANCE * max(Fraction(1), abs(b))
+def _latex_match(pred: Optional[str], ref: str) -> Optional[bool]:
+    """LaTeX equivalence by math_verify, unbounded in time: it runs in a worker process
+    (`_bounded_latex_match`). None if the reference is unreadable."""
     gold = _latex(ref)
     if gold is None:
         return None
@@ -243,13 +237,61 @@ def answers_match(pred: Optional[str], ref: Optional[str]) -> Optional[bool]:
     return bool(verify(gold, target, timeout_seconds=None))
 
 
-def answer_verdict(pred: Optional[str], ref: Optional[str]) -> Verdict:
-    """The Verdict for an extracted answer against a reference, with the reason in `note`."""
+class _Match(NamedTuple):
+    """An answer comparison: True/False, or None (unscorable) with the reason."""
+
+    value: Optional[bool]
+    note: str = ""
+
+
+@lru_cache(maxsize=8192)
+def _latex_match_in_worker(pred: Optional[str], ref: str) -> Optional[bool]:
+    """`_latex_match` in a worker process, stopped after VERIFY_SECONDS; remembered, unless
+    it raised `verify_pool.Unscorable`."""
+    return verify_pool.compare(pred, ref, VERIFY_SECONDS)
+
+
+def _bounded_latex_match(pred: Optional[str], ref: str) -> _Match:
+    try:
+        value = _latex_match_in_worker(pred, ref)
+    except verify_pool.Unscorable as err:
+        return _Match(None, str(err))
+    return _Match(value, "" if value is not None else f"reference unparsable: {ref!r}")
+
+
+def _match(pred: Optional[str], ref: Optional[str]) -> _Match:
     if ref is None:
-        return Verdict(correct=None, answer=pred, note="no reference answer")
-    match = answers_match(pred, ref)
-    if match is None:
-        return Verdict(correct=None, answer=pred, note=f"reference unparsable: {ref!r}")
+        return _Match(None, "no reference answer")
+    ref_number = parse_number(ref)
+    if ref_number is not None and pred is None:
+        return _Match(False)
+    pred_number = parse_number(pred) if pred is not None else None
+    if ref_number is not None and pred_number is not None:
+        (a, a_int), (b, b_int) = pred_number, ref_number
+        if a_int and b_int:
+            return _Match(a == b)
+        return _Match(abs(a - b) <= RELATIVE_TOLERANCE * max(Fraction(1), abs(b)))
+    return _bounded_latex_match(pred, ref)
+
+
+def answers_match(pred: Optional[str], ref: Optional[str]) -> Optional[bool]:
+    """Whether a predicted answer equals the reference; None if that cannot be told.
+
+    Both numbers (`parse_number`): exact if both are written as integers, else equal within
+    RELATIVE_TOLERANCE (so "0.5" matches "1/2"). Otherwise LaTeX equivalence by math_verify
+    (`\\frac{1}{2}` matches `0.5`, `\\sqrt{4}` matches `2`) in a worker process with a
+    deadline of VERIFY_SECONDS. A missing or unreadable prediction is False; a missing or
+    unreadable reference, or a comparison past its deadline, gives None (unscorable).
+    """
+    return _match(pred, ref).value
+
+
+def answer_verdict(pred: Optional[str], ref: Optional[str]) -> Verdict:
+    """The Verdict for an extracted answer against a reference, with the reason in `note`
+    (why it is unscorable, when it is)."""
+    match = _match(pred, ref)
+    if match.value is None:
+        return Verdict(correct=None, answer=pred, note=match.note)
     if pred is None:
         return Verdict(correct=False, answer=None, note="no answer found")
-    return Verdict(correct=match, answer=pred, note="" if match else "answer differs from reference")
+    return Verdict(correct=match.value, answer=pred, note="" if match.value else "answer differs from reference")
