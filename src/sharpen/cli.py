@@ -291,6 +291,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.loop import RunStopped
     from sharpen.models import ModelSpecError
     from sharpen.models.openai_http import HTTPBackendError
+    from sharpen.reports.data import RunDataError, RunDirError
     from sharpen.runs.store import RunStoreError
     from sharpen.signals import RewardFunctionError, SignalOptionError, UnknownSignalError
     from sharpen.specs import SpecError, UserCodeError
@@ -298,6 +299,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
 
     return (CliError, ConfigError, CompareError, RunStopped, ModelSpecError, HTTPBackendError, RunStoreError,
+            RunDataError, RunDirError,
             RewardFunctionError, SignalOptionError, UnknownSignalError, SpecError, UserCodeError,
             StrategyOptionError, StrategySpecError, UnknownStrategyError, TaskDataError, TaskOptionError,
             UnknownTaskError)

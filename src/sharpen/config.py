@@ -220,7 +220,10 @@ def _describe(
     problem = error["msg"]
     if error["type"] == "value_error" and "error" in error.get("ctx", {}):  # a validator's own words
         problem = str(error["ctx"]["error"])
-    if error["type"] == "extra_forbidden":
+    if error["type"] == "union_tag_invalid":  # a `kind` that names no member of the union
+        loc = [*loc, "kind"]
+        problem = f"unknown kind {error['ctx']['tag']!r}; choose one of: {error['ctx']['expected_tags']}"
+    elif error["type"] == "extra_forbidden":
         parent = _model_at(schema, [str(p) for p in loc[:-1]], data)
         known = f"; known keys there: {', '.join(parent.model_fields)}" if parent is not None else ""
         problem = f"unknown key{known}"

@@ -86,7 +86,7 @@ class UserFunction:
         """The error for a call that raised, naming the first problem whose completions alone
         make the function raise (the whole batch when none does on its own)."""
         culprit, first = None, error
-        for problem in dict.fromkeys(p for p, _ in pairs):
+        for problem in {id(p): p for p, _ in pairs}.values():  # each problem once, in order
             mine = [(p, c) for p, c in pairs if p is problem]
             try:
                 self.function([p.prompt for p, _ in mine], [c.text for _, c in mine], **self.columns(mine))
