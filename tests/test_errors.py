@@ -102,6 +102,9 @@ CASES: dict[str, Case] = {
     "config file missing": Case(["run", "nothere.yaml"], ["nothere.yaml", "config file not found"]),
     "override out of range": run_yaml("steps: 3\n", "steps", "greater than or equal to 1", "'steps=0'",
                                       extra=("steps=0",)),
+    "override: k above samples": run_yaml("steps: 3\n", "eval.ks: k = 16",
+                                          "(from the command-line override 'eval.ks=[1,16]')",
+                                          extra=("eval.ks=[1,16]",)),
     "override without =": run_yaml("steps: 3\n", "'steps'", "expected key=value", extra=("steps",)),
     "override of an unknown key": run_yaml("steps: 3\n", "'learner.nope'", "unknown key", extra=("learner.nope=1",)),
     # the command line: eval

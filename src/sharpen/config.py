@@ -282,6 +282,7 @@ def load_config(path: Union[str, Path], schema: type[C], overrides: Sequence[str
         raise ConfigError(f"invalid config {path}:\n  " + "\n  ".join(lines)) from None
     problems = list(cfg.config_problems()) if isinstance(cfg, ConfigModel) else []
     if problems:
+        problems.sort(key=lambda p: _key_line(root, p[0]) or 0)  # in the file's order
         lines = [_placed(loc, problem, path, root, applied) for loc, problem in problems]
         raise ConfigError(f"invalid config {path}:\n  " + "\n  ".join(lines))
     return cfg
