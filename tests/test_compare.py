@@ -199,5 +199,5 @@ def test_cli_compare_bad_spec_is_a_clear_error(tiny_model_dir, capsys):
 
     code = main(["compare", "--model", str(tiny_model_dir), "--task", "addition",
                  "--strategies", "single,nonsense-3", "--problems", "2"])
-    assert code == 2
+    assert code == 1
     assert "unknown strategy" in capsys.readouterr().out

@@ -33,6 +33,7 @@ from sharpen.signals import (
     build_signal,
     majority_answer,
 )
+from sharpen.specs import UserCodeError
 from sharpen.tasks.base import Problem, Task, Verdict
 
 # ---- a tiny task, built by hand from the records ------------------------------------------
@@ -171,13 +172,27 @@ def test_correctness_gives_none_for_unscorable_and_counts_it():
     assert signal.notes == {"reference unparsable": 2}
 
 
-def test_correctness_names_the_problem_when_the_checker_breaks():
+def test_a_checker_that_raises_on_one_completion_makes_it_unscorable():
+    def fussy(problem, text):
+        if text == "boom":
+            raise ZeroDivisionError("oops")
+        return Verdict(correct=text == problem.answer)
+
+    task = Task(name="fussy", problems=lambda s, n, seed: [], check=fussy, extract=last_number)
+    signal = build_signal("correctness", task=task)
+    assert signal([Problem("a", "q", "1")], [texts("1", "boom", "2")]) == [[1.0, None, 0.0]]
+    assert signal.unscorable == 1 and signal.notes == {"the checker raised ZeroDivisionError: oops": 1}
+
+
+def test_a_checker_that_raises_on_every_completion_names_itself_its_file_and_the_problem():
     def broken(problem, text):
         raise ZeroDivisionError("oops")
 
     task = Task(name="broken", problems=lambda s, n, seed: [], check=broken, extract=last_number)
-    with pytest.raises(RuntimeError, match=r"'broken'.*problem 'a'.*oops"):
-        build_signal("correctness", task=task)([Problem("a", "q", "1")], [texts("1")])
+    signal = build_signal("correctness", task=task)
+    with pytest.raises(UserCodeError, match=r"task 'broken': its checker '.*broken' \(.*test_signals.py:\d+\) "
+                                            r"raised on every one of the 16 .* problem 'b': ZeroDivisionError: oops"):
+        signal([Problem("a", "q", "1"), Problem("b", "q", "1")], [texts(*"1" * 8), texts(*"1" * 8)])
 
 
 def test_format_reads_an_answer_or_fullmatches_a_pattern():

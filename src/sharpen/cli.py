@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import yaml
 from rich.console import Console
+from rich.text import Text
 
 console = Console()
 
@@ -22,25 +24,65 @@ class CliError(Exception):
     """A user mistake on the command line; printed without a stack trace."""
 
 
-def parse_options(pairs: Sequence[str], what: str) -> dict:
-    """["digits=3", "scratchpad=true"] → {"digits": 3, "scratchpad": True} (YAML values)."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"{what} {pair!r} is not key=value")
-        options[key] = yaml.safe_load(value)
-    return options
+BUG_REPORT = ("this is a bug in sharpen, not a mistake of yours: please report it with the command you ran "
+              "and the traceback above")
+
+
+# ---- argument types: a value out of range is an argparse error (usage line, exit status 2) ----
+
+
+def int_in(low: int, high: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (no upper bound when high is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use an integer {allowed}")
+        return value
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def float_at_least(low: float) -> Callable[[str], float]:
+    """An argparse type: a finite float >= low."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use a number >= {low}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """An argparse type: KEY=VALUE, the value read as YAML ("digits=3" → ("digits", 3))."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. digits=3")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML") from None
 
 
 def parse_ks(text: str) -> list[int]:
+    """An argparse type: comma-separated k >= 1, e.g. "1,8"."""
     try:
         ks = [int(k) for k in text.split(",") if k.strip()]
     except ValueError:
-        raise CliError(f"--k {text!r} must be comma-separated integers, e.g. 1,8") from None
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. 1,8") from None
     if not ks or min(ks) < 1:
-        raise CliError(f"--k {text!r} must list integers >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} must list integers >= 1")
     return ks
+
+
+parse_ks.__name__ = "k list"
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
@@ -59,18 +101,16 @@ def cmd_model(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sharpen.episodes import FEEDBACK_MODES, NEUTRAL_FEEDBACK
+    from sharpen.episodes import NEUTRAL_FEEDBACK
     from sharpen.evaluation import evaluate, evaluate_turns
     from sharpen.models import load_policy
     from sharpen.tasks import get_task
 
-    if args.turns is not None and args.turns < 2:
-        raise CliError(f"--turns {args.turns}: a turn-wise evaluation needs at least 2 turns")
-    if args.feedback not in FEEDBACK_MODES:
-        raise CliError(f"--feedback {args.feedback!r}: use one of {', '.join(FEEDBACK_MODES)}")
-    task = get_task(args.task, **parse_options(args.task_option, "--task-option"))
-    ks = parse_ks(args.k)
+    ks = args.k
     samples = args.samples if args.samples is not None else max(ks)
+    if args.turns is None and samples < max(ks):
+        raise CliError(f"--k {','.join(map(str, ks))}: k may not exceed --samples {samples}")
+    task = get_task(args.task, **dict(args.task_option))
     policy = load_policy(args.model, seed=args.seed)
     if args.turns is not None:
         result = evaluate_turns(
@@ -92,19 +132,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from sharpen.evaluation.compare import CompareError, compare_strategies
+    from sharpen.evaluation.compare import compare_strategies
     from sharpen.models import load_policy
-    from sharpen.strategies import StrategyOptionError, StrategySpecError, UnknownStrategyError
+    from sharpen.strategies import check_strategy, parse_strategy_spec
     from sharpen.tasks import get_task
 
-    task = get_task(args.task, **parse_options(args.task_option, "--task-option"))
+    task = get_task(args.task, **dict(args.task_option))
     specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not specs:
+        raise CliError(f"--strategies {args.strategies!r} names no strategy, e.g. single,self_consistency-8")
+    for spec in specs:  # before the model loads
+        check_strategy(*parse_strategy_spec(spec))
     policy = load_policy(args.model, seed=args.seed)
-    try:
-        comparison = compare_strategies(policy, task, specs, problems=args.problems, seed=args.seed,
-                                        budget=args.budget)
-    except (CompareError, StrategySpecError, StrategyOptionError, UnknownStrategyError) as err:
-        raise CliError(str(err)) from None
+    comparison = compare_strategies(policy, task, specs, problems=args.problems, seed=args.seed,
+                                    budget=args.budget)
     console.print(comparison.table(f"{args.model} on {task.name}: strategies"))
     if args.json:
         report = {"model": args.model, **comparison.to_json()}
@@ -157,11 +198,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sharpen.episodes import FEEDBACK_MODES
+
     parser = argparse.ArgumentParser(prog="sharpen", description="Language models that improve themselves.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("quickstart", help="build the default model, measure it, make it better, measure again")
-    p.add_argument("--problems", type=int, default=200, help="held-out problems per evaluation")
+    p.add_argument("--problems", type=int_in(1), default=200, help="held-out problems per evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
 
@@ -179,20 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="measure a model on a task: pass@k, maj@k, accuracy with 95%% intervals")
     p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
-    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
-    p.add_argument("--problems", type=int, default=200, help="number of problems")
-    p.add_argument("--samples", type=int, default=None,
+    p.add_argument("--task-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="task option, repeatable")
+    p.add_argument("--problems", type=int_in(1), default=200, help="number of problems")
+    p.add_argument("--samples", type=int_in(1), default=None,
                    help="completions per problem, or episodes per problem with --turns (default: the largest k)")
-    p.add_argument("--k", default="1,8", help="comma-separated k for pass@k and maj@k")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--k", type=parse_ks, default=[1, 8], help="comma-separated k for pass@k and maj@k (default 1,8)")
+    p.add_argument("--temperature", type=float_at_least(0.0), default=1.0)
     p.add_argument("--split", default="eval", choices=["train", "eval"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")
-    p.add_argument("--turns", type=int, default=None, metavar="T",
+    p.add_argument("--turns", type=int_in(2), default=None, metavar="T",
                    help="multi-turn: T attempts per episode, printing accuracy per turn, m1@t1, m1@tT, p1@tT, "
                         "maj@turns and the changes between the first and last turn (delta_t1_tT, delta_i_to_c, "
                         "delta_c_to_i) with 95%% intervals")
-    p.add_argument("--feedback", default="binary",
+    p.add_argument("--feedback", default="binary", choices=FEEDBACK_MODES,
                    help="with --turns: what the model is told after an attempt: binary ('wrong' after a wrong "
                         "one, the default), verifier (the checker's note) or none (the neutral re-ask only)")
     p.add_argument("--neutral", default=None, metavar="TEXT",
@@ -206,11 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "tokens per problem, paired significance")
     p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
-    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
+    p.add_argument("--task-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="task option, repeatable")
     p.add_argument("--strategies", required=True,
                    help="comma-separated strategy specs, e.g. single,self_consistency-8,best_of_n-8:self_certainty")
-    p.add_argument("--problems", type=int, default=100, help="held-out problems, the same for every strategy")
-    p.add_argument("--budget", type=float, default=None, metavar="TOKENS",
+    p.add_argument("--problems", type=int_in(1), default=100, help="held-out problems, the same for every strategy")
+    p.add_argument("--budget", type=float_at_least(0.0), default=None, metavar="TOKENS",
                    help="tokens per problem; strategies above it are marked over budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
@@ -222,10 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="'default' (the embedded model) or a local HF checkpoint path")
     p.add_argument("--model-name", default=None, help="the model id clients ask for (default: the --model value)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
+    p.add_argument("--port", type=int_in(0, 65535), default=8000, help="port to bind, 1-65535 (0: any free port)")
     p.add_argument("--task", default="addition", help="task whose answer extraction strategy models use")
-    p.add_argument("--max-n", type=int, default=64, help="largest n per request")
-    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens per request")
+    p.add_argument("--max-n", type=int_in(1), default=64, help="largest n per request")
+    p.add_argument("--max-tokens-limit", type=int_in(1), default=1024, help="largest max_tokens per request")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_serve)
 
@@ -238,27 +284,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """sharpen's own error types: a bad input, printed as one `error: …` line (exit status 1)."""
     from sharpen.config import ConfigError
+    from sharpen.evaluation.compare import CompareError
     from sharpen.loop import RunStopped
     from sharpen.models import ModelSpecError
     from sharpen.models.openai_http import HTTPBackendError
+    from sharpen.reports.data import RunDataError, RunDirError
+    from sharpen.runs.store import RunStoreError
     from sharpen.signals import RewardFunctionError, SignalOptionError, UnknownSignalError
+    from sharpen.specs import SpecError, UserCodeError
+    from sharpen.strategies import StrategyOptionError, StrategySpecError, UnknownStrategyError
     from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
 
+    return (CliError, ConfigError, CompareError, RunStopped, ModelSpecError, HTTPBackendError, RunStoreError,
+            RunDataError, RunDirError,
+            RewardFunctionError, SignalOptionError, UnknownSignalError, SpecError, UserCodeError,
+            StrategyOptionError, StrategySpecError, UnknownStrategyError, TaskDataError, TaskOptionError,
+            UnknownTaskError)
+
+
+PREFIXES = {"RunStopped": "run stopped: ", "HTTPBackendError": "model server error: "}
+"""Error type name → words put before its message."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status: 0, 1 for an error, 2 for bad arguments.
+
+    sharpen's own errors print one `error: …` line; an unexpected exception (a bug) prints
+    its traceback and a request to report it; `--debug` prints the traceback of any error."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         args.func(args)
-    except RunStopped as err:
-        console.print(f"[red]run stopped:[/red] {err}", highlight=False)
+    except KeyboardInterrupt:
+        console.print("[red]error:[/red] interrupted", highlight=False)
+        return 130
+    except Exception as err:
+        known = isinstance(err, user_errors())
+        if args.debug or not known:
+            console.print(traceback.format_exc(), highlight=False, markup=False, end="")
+        prefix = PREFIXES.get(type(err).__name__, "")
+        message = f"{prefix}{err}" if known else f"{type(err).__name__}: {err}\n{BUG_REPORT}"
+        console.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
         return 1
-    except HTTPBackendError as err:
-        console.print(f"[red]model server error:[/red] {err}", highlight=False)
-        return 1
-    except (CliError, ConfigError, ModelSpecError, TaskDataError, TaskOptionError, UnknownTaskError,
-            UnknownSignalError, SignalOptionError, RewardFunctionError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return 2
     return 0
 
 

@@ -8,7 +8,18 @@ A schema is a tree of `ConfigModel` classes whose every field documents itself:
     cfg = load_config("runs/add2.yaml", RunConfig, ["optim.lr=1e-4", "ks=[1,8]"])
 
 Unknown keys and wrong types are errors that name the file, the dotted key, the line of
-the key in the YAML file (or the command-line override it came from) and the problem.
+the key in the YAML file (or the command-line override it came from) and the problem. So
+are the problems a schema finds in `config_problems` (names missing from a registry, values
+that do not fit together), checked at load time, before anything is built:
+
+    class Eval(ConfigModel):
+        samples: int = Field(8, description="Completions per problem.")
+        ks: list[int] = Field([1, 8], description="k of pass@k.")
+
+        def config_problems(self):
+            yield from super().config_problems()
+            if max(self.ks) > self.samples:
+                yield ("ks",), f"k may not exceed samples ({self.samples})"
 """
 
 from __future__ import annotations
@@ -16,12 +27,14 @@ from __future__ import annotations
 import inspect
 import typing
 from pathlib import Path
-from typing import Any, Optional, Sequence, TypeVar, Union
+from typing import Any, Iterator, Optional, Sequence, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 C = TypeVar("C", bound=BaseModel)
+Location = tuple[Union[str, int], ...]
+"""A dotted key as parts: ("rewards", 0, "name") is rewards.0.name."""
 
 
 class ConfigError(ValueError):
@@ -42,6 +55,19 @@ class ConfigModel(BaseModel):
                 f"config schema {cls.__name__} has fields without a description: {', '.join(undocumented)}; "
                 'declare them as `name: type = Field(default, description="...")`'
             )
+
+    def config_problems(self) -> Iterator[tuple[Location, str]]:
+        """What the field types cannot say: a name that must be in a registry, values that
+        must fit each other. Yields (location under this model, problem, saying what is
+        allowed); here, those of the sub-models. A schema adds its own after
+        `yield from super().config_problems()`."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = [((name, i), v) for i, v in enumerate(value)] if isinstance(value, list) else [((name,), value)]
+            for loc, item in items:
+                if isinstance(item, ConfigModel):
+                    for sub, problem in item.config_problems():
+                        yield (*loc, *sub), problem
 
 
 def _models_of(annotation: Any) -> list[type[BaseModel]]:
@@ -191,15 +217,27 @@ def _describe(
 ) -> str:
     """One line per validation error: where (file:line or override), dotted key, problem."""
     loc = _without_tags(schema, error["loc"])
-    dotted = ".".join(str(p) for p in loc) or "(top level)"
     problem = error["msg"]
-    if error["type"] == "extra_forbidden":
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):  # a validator's own words
+        problem = str(error["ctx"]["error"])
+    if error["type"] == "union_tag_invalid":  # a `kind` that names no member of the union
+        loc = [*loc, "kind"]
+        problem = f"unknown kind {error['ctx']['tag']!r}; choose one of: {error['ctx']['expected_tags']}"
+    elif error["type"] == "extra_forbidden":
         parent = _model_at(schema, [str(p) for p in loc[:-1]], data)
         known = f"; known keys there: {', '.join(parent.model_fields)}" if parent is not None else ""
         problem = f"unknown key{known}"
     elif error["type"] != "missing":
         got = repr(error["input"])
         problem += f" (got {got[:60] + '…' if len(got) > 60 else got})"
+    return _placed(loc, problem, path, root, overrides)
+
+
+def _placed(
+    loc: Sequence[Union[str, int]], problem: str, path: Path, root: Optional[yaml.Node], overrides: dict[str, str]
+) -> str:
+    """"file:line: dotted.key: problem", or the command-line override the key came from."""
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
     source = next((o for k, o in overrides.items() if dotted == k or dotted.startswith(k + ".")), None)
     if source is not None:
         return f"{dotted}: {problem} (from the command-line override {source!r})"
@@ -212,7 +250,8 @@ def load_config(path: Union[str, Path], schema: type[C], overrides: Sequence[str
     """Read a YAML config, apply `key.sub=value` overrides, and validate it against `schema`.
 
     Raises ConfigError naming the file (and line, key, or override) for a missing file,
-    invalid YAML, an unknown key, a wrong type or a malformed override.
+    invalid YAML, an unknown key, a wrong type, a malformed override, or a problem the
+    schema's `config_problems` finds.
     """
     path = Path(path)
     try:
@@ -237,10 +276,16 @@ def load_config(path: Union[str, Path], schema: type[C], overrides: Sequence[str
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got a {kind}")
     applied = {_apply_override(data, schema, o): o for o in overrides}
     try:
-        return schema.model_validate(data)
+        cfg = schema.model_validate(data)
     except ValidationError as e:
         lines = [_describe(err, path, root, schema, applied, data) for err in e.errors()]
         raise ConfigError(f"invalid config {path}:\n  " + "\n  ".join(lines)) from None
+    problems = list(cfg.config_problems()) if isinstance(cfg, ConfigModel) else []
+    if problems:
+        problems.sort(key=lambda p: _key_line(root, p[0]) or 0)  # in the file's order
+        lines = [_placed(loc, problem, path, root, applied) for loc, problem in problems]
+        raise ConfigError(f"invalid config {path}:\n  " + "\n  ".join(lines))
+    return cfg
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -21,12 +21,12 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
 import torch
 from pydantic import Discriminator, Field, Tag
 
-from sharpen.config import ConfigModel, load_config
+from sharpen.config import ConfigModel, Location, load_config
 from sharpen.episodes import NEUTRAL_FEEDBACK
 from sharpen.evaluation import EvalResult, TurnEvalResult, evaluate, evaluate_turns
 from sharpen.learners.base import (
@@ -37,12 +37,14 @@ from sharpen.learners.preference.learner import PreferenceConfig, PreferenceLear
 from sharpen.learners.rejection_sampling.learner import RejectionSampling, RejectionSamplingConfig
 from sharpen.learners.self_correction.rise import Rise, RiseConfig
 from sharpen.learners.self_correction.score import Score, ScoreConfig
-from sharpen.models import load_policy
+from sharpen.models import ModelSpecError, check_model_spec, load_policy
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore
 from sharpen.seeds import derive_seed
+from sharpen.signals import RewardFunctionError, SignalOptionError, UnknownSignalError, check_signal
 from sharpen.signals.reward import Reward
-from sharpen.tasks import Problem, Task, get_task
+from sharpen.specs import UserCodeError
+from sharpen.tasks import Problem, Task, TaskDataError, TaskOptionError, UnknownTaskError, get_task
 
 KEEP_CHECKPOINTS = 2
 LEARNER_STATE = "learner_state.pt"
@@ -53,6 +55,17 @@ _CHECKPOINT_DIR_RE = re.compile(r"step-(\d+)(?:\.tmp)?")
 class TaskConfig(ConfigModel):
     name: str = Field("addition", description="Registered task name, or 'path/to/file.py:factory'.")
     options: dict[str, Any] = Field(default_factory=lambda: {"digits": 2}, description="Options of the task factory.")
+
+    def config_problems(self) -> Iterator[tuple[Location, str]]:
+        """The task is built once here, so a wrong name, option or data file (and a user
+        factory that raises) is found at load time."""
+        yield from super().config_problems()
+        try:
+            get_task(self.name, **self.options)
+        except (UnknownTaskError, UserCodeError) as error:
+            yield ("name",), str(error)
+        except (TaskOptionError, TaskDataError) as error:
+            yield ("options",), str(error)
 
 
 class SamplingConfig(ConfigModel):
@@ -67,6 +80,15 @@ class RewardConfig(ConfigModel):
                                        "likelihood, self_judge, pairwise_judge) or a user function 'module:function'.")
     weight: float = Field(1.0, description="Weight in the total reward; 0 logs the signal without summing it.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the signal.")
+
+    def config_problems(self) -> Iterator[tuple[Location, str]]:
+        yield from super().config_problems()
+        try:
+            check_signal(self.name, self.options)
+        except (UnknownSignalError, RewardFunctionError) as error:
+            yield ("name",), str(error)
+        except SignalOptionError as error:
+            yield ("options",), str(error)
 
 
 class EvalConfig(ConfigModel):
@@ -89,6 +111,14 @@ class EvalConfig(ConfigModel):
     stop_when_correct: Optional[bool] = Field(
         None, description="End a held-out episode at its first right attempt (default: the learner's own, else no)."
     )
+
+    def config_problems(self) -> Iterator[tuple[Location, str]]:
+        yield from super().config_problems()
+        if not self.ks or min(self.ks) < 1:
+            yield ("ks",), f"list at least one k, each >= 1 (got {self.ks})"
+        elif max(self.ks) > self.samples:
+            yield ("ks",), (f"k = {max(self.ks)} is larger than samples = {self.samples}: pass@k needs at least "
+                            f"k completions per problem; raise eval.samples or lower the k")
 
 
 LEARNERS = {
@@ -117,7 +147,8 @@ LearnerConfig = Annotated[
 class RunConfig(ConfigModel):
     """A training run: `sharpen run CONFIG [key=value …] [--resume]`."""
 
-    model: str = Field("default", description="'default' (the embedded model) or a local HF checkpoint path.")
+    model: str = Field("default", description="Model spec: 'default' (the embedded model), a local HF checkpoint "
+                                              "directory, … (see sharpen.models.MODEL_FORMS).")
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model practises on.")
     seed: int = Field(0, description="Seed of problem order, sampling and evaluation.")
     steps: int = Field(150, ge=1, description="Learner updates.")
@@ -137,9 +168,28 @@ class RunConfig(ConfigModel):
     device: Optional[str] = Field(None, description="'cpu', 'cuda', … (default: CUDA if present).")
     run_dir: Optional[str] = Field(None, description="Where the run is written (default: runs/<config name>).")
 
+    def config_problems(self) -> Iterator[tuple[Location, str]]:
+        yield from super().config_problems()
+        try:
+            check_model_spec(self.model)
+        except ModelSpecError as error:
+            yield ("model",), str(error)
+        need = getattr(self.learner, "min_group_size", lambda: 1)()  # learners whose estimator needs a group
+        if self.sampling.group_size < need:
+            yield ("sampling", "group_size"), (
+                f"learner {self.learner.kind!r} with advantage {self.learner.advantage!r} needs at least {need} "
+                f"completions per group, got {self.sampling.group_size}; raise it or pick another advantage "
+                f"(e.g. reinforce)"
+            )
+
 
 class RunStopped(RuntimeError):
     """The run stopped early for a reason the user must see (e.g. a non-finite loss)."""
+
+
+USER_FAILURES = (UserCodeError, RewardFunctionError)
+"""What the user's own code raises mid-run (through the signals and the task): it stops the
+run at that step, as a non-finite loss does."""
 
 
 def problem_batch(pool: list[Problem], seed: int, step: int, size: int) -> list[Problem]:
@@ -336,7 +386,10 @@ class Trainer:
         if not resume and store.last_step() is not None:
             raise RunStopped(f"{self.run_dir} already holds a run; use --resume to continue it or another run_dir")
         if store.last_step() is None:
-            base = self.evaluate()
+            try:
+                base = self.evaluate()
+            except USER_FAILURES as err:
+                raise self.stopped(0, err) from err
             with store.step(0) as w:
                 w.metrics(base)
         train_seconds = sum(r.value for r in store.metrics("train_step_seconds"))
@@ -353,14 +406,16 @@ class Trainer:
                 t0 = time.perf_counter()
                 try:
                     out = self.train_step(step)
-                except NonFiniteLossError as err:
-                    kept = max((c.path for c in store.checkpoints()), default="none (the base model is unchanged)")
-                    raise RunStopped(f"step {step}: {err}. The run stopped; last good checkpoint: {kept}") from err
+                except (NonFiniteLossError, *USER_FAILURES) as err:
+                    raise self.stopped(step, err) from err
                 metrics = dict(out.metrics)
                 eval_seconds = 0.0
                 if step % cfg.eval.every == 0 or step == cfg.steps:
                     t_eval = time.perf_counter()
-                    result = self.evaluate()
+                    try:
+                        result = self.evaluate()
+                    except USER_FAILURES as err:
+                        raise self.stopped(step, err) from err
                     eval_seconds = time.perf_counter() - t_eval
                     metrics.update(result, eval_seconds=eval_seconds)
                     bar.update(job, ev=f"{result['eval/pass@1']:.2f}" if "eval/pass@1" in result else "-")
@@ -380,6 +435,14 @@ class Trainer:
                 bar.update(job, advance=1, reward=metrics.get("reward/mean", float("nan")), acc=metrics.get("train/accuracy", float("nan")))
         summary = self.write_summary(time.perf_counter() - start, train_seconds)
         return summary
+
+    def stopped(self, step: int, err: Exception) -> RunStopped:
+        """The error that ends the run at `step`: what went wrong, and the last good checkpoint
+        (kept, with every step before this one in the store, so `--resume` goes on from it)."""
+        kept = max(self.store.checkpoints(), key=lambda c: c.step, default=None)
+        last = (f"{kept.path} (step {kept.step}); resume with --resume" if kept is not None
+                else "none (the base model is unchanged)")
+        return RunStopped(f"step {step}: {err}. The run stopped; last good checkpoint: {last}")
 
     def write_summary(self, wall_seconds: float, train_seconds: float) -> dict:
         rows = self.store.metrics()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,27 @@ from typing import Any
 
 class SpecError(LookupError):
     """The spec does not name an importable object; the message says what is missing."""
+
+
+class UserCodeError(RuntimeError):
+    """A user's own function (a reward function, a task factory, a checker) raised; the
+    message names the function, its file and what it was doing, and says what it raised."""
+
+
+def describe_function(function: Any) -> str:
+    """"'name' (path/to/file.py:line)": how an error names a user's function."""
+    target = inspect.unwrap(function)
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    try:
+        where = f"{inspect.getsourcefile(target)}:{inspect.getsourcelines(target)[1]}"
+    except (OSError, TypeError):
+        where = getattr(inspect.getmodule(target), "__name__", "unknown file")
+    return f"{name!r} ({where})"
+
+
+def raised(error: BaseException) -> str:
+    """"ZeroDivisionError: division by zero": what an exception says, in one line."""
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def is_file_spec(where: str) -> bool:

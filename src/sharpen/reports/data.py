@@ -143,11 +143,19 @@ class RunData:
     """A few completions from the last steps that stored any, newest step first."""
 
 
+class RunDirError(FileNotFoundError):
+    """A directory given to a report is missing or holds no run."""
+
+
+class RunDataError(ValueError):
+    """A run's summary.json is malformed; the message names the file."""
+
+
 def _check_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the directory a training run wrote")
+        raise RunDirError(f"run directory {run_dir} does not exist; pass the directory a training run wrote")
     if not (run_dir / FILENAME).is_file():
-        raise FileNotFoundError(
+        raise RunDirError(
             f"{run_dir} is not a run directory: it holds no {FILENAME}; "
             "pass the directory a training run wrote (the one with run.sqlite in it)"
         )
@@ -160,9 +168,9 @@ def _read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}; fix or delete it") from e
+        raise RunDataError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}; fix or delete it") from e
     if not isinstance(summary, dict):
-        raise ValueError(f"{path} should hold a JSON object, found {type(summary).__name__}")
+        raise RunDataError(f"{path} should hold a JSON object, found {type(summary).__name__}")
     return summary
 
 
@@ -206,7 +214,7 @@ def _estimate(entry: Any, where: str) -> Estimate:
         if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
             return Estimate(value, float(ci[0]), float(ci[1]))
         return Estimate(value)
-    raise ValueError(f"{where} should be {{\"value\": v, \"ci\": [lo, hi]}}, found {entry!r}")
+    raise RunDataError(f"{where} should be {{\"value\": v, \"ci\": [lo, hi]}}, found {entry!r}")
 
 
 def _from_summary(summary: dict[str, Any], path: Path) -> list[BeforeAfter]:
@@ -214,7 +222,7 @@ def _from_summary(summary: dict[str, Any], path: Path) -> list[BeforeAfter]:
     for side in ("baseline", "final"):
         entries = summary.get(side) or {}
         if not isinstance(entries, dict):
-            raise ValueError(f"{path}: \"{side}\" should map metric names to values, found {entries!r}")
+            raise RunDataError(f"{path}: \"{side}\" should map metric names to values, found {entries!r}")
         sides[side] = {
             k.removeprefix(EVAL_PREFIX): _estimate(v, f"{path}: {side}.{k}") for k, v in entries.items()
         }

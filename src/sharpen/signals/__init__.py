@@ -22,7 +22,7 @@ from sharpen.signals.base import (
 from sharpen.signals.confidence import Likelihood, SelfCertainty
 from sharpen.signals.judge import PairwiseJudge, SelfJudge
 from sharpen.signals.majority import MajorityVote, majority_answer
-from sharpen.signals.registry import SIGNALS, build_signal
+from sharpen.signals.registry import SIGNALS, build_signal, check_signal
 from sharpen.signals.reward import Component, Reward, RewardResult, RewardSpec
 from sharpen.signals.user import UserFunction, load_reward_function
 from sharpen.signals.verifier import Correctness, Format
@@ -49,6 +49,7 @@ __all__ = [
     "UnknownSignalError",
     "UserFunction",
     "build_signal",
+    "check_signal",
     "load_reward_function",
     "majority_answer",
 ]

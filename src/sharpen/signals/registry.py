@@ -74,22 +74,30 @@ def signal_options(factory: SignalFactory) -> list[str]:
     return list(inspect.signature(factory).parameters)[2:]
 
 
-def build_signal(name: str, *, task: Task, policy: Optional[ScoringPolicy] = None, **options: Any) -> Signal:
-    """The signal registered as `name`, or the user function `name` = "module:function" /
-    "path/to/file.py:function" (whose options become keyword arguments of every call)."""
+def check_signal(name: str, options: dict[str, Any]) -> None:
+    """Raise UnknownSignalError, SignalOptionError or RewardFunctionError unless `name` (with
+    these option names) is a registered signal or a loadable user function; builds nothing."""
     if name in SIGNALS:
-        factory = SIGNALS[name]
-        known = signal_options(factory)
+        known = signal_options(SIGNALS[name])
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise SignalOptionError(
                 f"signal {name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(known) or '(none)'}"
             )
-        return factory(task, policy, **options)
-    if is_function_spec(name):
-        return UserFunction(load_reward_function(name), name=name, options=dict(options))
-    raise UnknownSignalError(
-        f"unknown signal {name!r}; known signals: {', '.join(sorted(SIGNALS))}, "
-        "or a user function written 'module:function' or 'path/to/file.py:function'"
-    )
+    elif is_function_spec(name):
+        UserFunction(load_reward_function(name), name=name, options=dict(options))
+    else:
+        raise UnknownSignalError(
+            f"unknown signal {name!r}; known signals: {', '.join(sorted(SIGNALS))}, "
+            "or a user function written 'module:function' or 'path/to/file.py:function'"
+        )
+
+
+def build_signal(name: str, *, task: Task, policy: Optional[ScoringPolicy] = None, **options: Any) -> Signal:
+    """The signal registered as `name`, or the user function `name` = "module:function" /
+    "path/to/file.py:function" (whose options become keyword arguments of every call)."""
+    check_signal(name, options)
+    if name in SIGNALS:
+        return SIGNALS[name](task, policy, **options)
+    return UserFunction(load_reward_function(name), name=name, options=dict(options))

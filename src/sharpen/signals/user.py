@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from sharpen.models.base import Completion
-from sharpen.specs import SpecError, load_object
+from sharpen.specs import SpecError, UserCodeError, describe_function, load_object, raised
 from sharpen.signals.base import RewardFunctionError, Score, Scores, check_groups, regroup
 from sharpen.tasks.base import Problem
 
@@ -76,8 +76,27 @@ class UserFunction:
             ) from error
         except ValueError:  # builtins without a signature: just call them
             pass
-        returned = self.function(prompts, texts, **columns)
+        try:
+            returned = self.function(prompts, texts, **columns)
+        except Exception as error:
+            raise self.failure(pairs, error) from error
         return regroup(self.validate(returned, len(pairs)), groups)
+
+    def failure(self, pairs: list[tuple[Problem, Completion]], error: Exception) -> UserCodeError:
+        """The error for a call that raised, naming the first problem whose completions alone
+        make the function raise (the whole batch when none does on its own)."""
+        culprit, first = None, error
+        for problem in {id(p): p for p, _ in pairs}.values():  # each problem once, in order
+            mine = [(p, c) for p, c in pairs if p is problem]
+            try:
+                self.function([p.prompt for p, _ in mine], [c.text for _, c in mine], **self.columns(mine))
+            except Exception as again:
+                culprit, first = problem, again
+                break
+        where = f"problem {culprit.id!r}" if culprit is not None else f"a batch of {len(pairs)} completions"
+        return UserCodeError(
+            f"reward function {self.name!r} = {describe_function(self.function)} raised {raised(first)} on {where}"
+        )
 
     def columns(self, pairs: list[tuple[Problem, Completion]]) -> dict[str, list[Any]]:
         keys: dict[str, None] = {}

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 from sharpen.models.base import Completion
 from sharpen.signals.base import Scores, SignalOptionError, check_groups
-from sharpen.tasks.base import Problem, Task, Verdict
+from sharpen.specs import UserCodeError
+from sharpen.tasks.base import Problem, Task, Verdict, guard_checker
 
 
 @dataclass
@@ -17,7 +18,8 @@ class Correctness:
     """`task.check`: 1.0 if correct, 0.0 if wrong, None if the checker could not decide.
 
     Unscorable verdicts are counted (`unscorable`, and `notes` by the checker's reason) so a
-    run can log them; a checker that raises stops the run with the problem named.
+    run can log them; a checker that raises gives an unscorable verdict (tasks.base.GuardedChecker),
+    and one that raises on every completion stops the run with the problem named.
     """
 
     task: Task
@@ -28,6 +30,9 @@ class Correctness:
     """Completions the checker could not score so far."""
     notes: Counter = field(default_factory=Counter)
     """Why completions were unscorable: checker note → count."""
+
+    def __post_init__(self) -> None:
+        self.task = guard_checker(self.task)
 
     def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:
         check_groups(self.name, problems, groups)
@@ -45,15 +50,9 @@ class Correctness:
         return scores
 
     def check(self, problem: Problem, text: str) -> Verdict:
-        try:
-            verdict = self.task.check(problem, text)
-        except Exception as error:
-            raise RuntimeError(
-                f"task {self.task.name!r}: the checker failed on problem {problem.id!r} "
-                f"with completion {text[:80]!r}: {error}"
-            ) from error
+        verdict = self.task.check(problem, text)
         if not isinstance(verdict, Verdict):
-            raise TypeError(
+            raise UserCodeError(
                 f"task {self.task.name!r}: check() must return a Verdict, got {type(verdict).__name__} "
                 f"on problem {problem.id!r}; return Verdict(correct=None, note=…) when it cannot decide."
             )

@@ -20,7 +20,7 @@ from sharpen.strategies.base import (
 )
 from sharpen.strategies.debate import Debate
 from sharpen.strategies.multiturn import Retry, SelfRefine
-from sharpen.strategies.registry import SPEC_ARGS, STRATEGIES, build_strategy, parse_strategy_spec
+from sharpen.strategies.registry import SPEC_ARGS, STRATEGIES, build_strategy, check_strategy, parse_strategy_spec
 from sharpen.strategies.reread import ReRead, reread_prompt
 from sharpen.strategies.sampling import BestOfN, SelfConsistency, Single
 
@@ -41,6 +41,7 @@ __all__ = [
     "StrategySpecError",
     "UnknownStrategyError",
     "build_strategy",
+    "check_strategy",
     "parse_strategy_spec",
     "reread_prompt",
 ]

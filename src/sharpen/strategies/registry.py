@@ -105,16 +105,21 @@ def strategy_options(factory: StrategyFactory) -> Optional[list[str]]:
 
 def build_strategy(name: str, *, policy: Policy, task: Task, **options: Any) -> Strategy:
     """The strategy registered as `name`, built with this policy, task and options."""
+    check_strategy(name, options)
+    return STRATEGIES[name](policy, task, **options)
+
+
+def check_strategy(name: str, options: dict[str, Any]) -> None:
+    """Raise UnknownStrategyError or StrategyOptionError unless `name` is registered and takes
+    these option names; builds nothing."""
     if name not in STRATEGIES:
         raise UnknownStrategyError(f"unknown strategy {name!r}; known strategies: {', '.join(STRATEGIES)}")
-    factory = STRATEGIES[name]
-    known = strategy_options(factory)
+    known = strategy_options(STRATEGIES[name])
     unknown = [] if known is None else sorted(set(options) - set(known))
     if unknown:
         raise StrategyOptionError(
             f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; its options are: {', '.join(known)}"
         )
-    return factory(policy, task, **options)
 
 
 _SPEC = re.compile(r"(?P<name>[a-z_]+)(?:-(?P<numbers>\d+(?:x\d+)*))?(?::(?P<word>[A-Za-z0-9_.:/-]+))?")

@@ -10,7 +10,7 @@ A task is data plus functions, not a class to inherit from:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 Message = dict[str, str]
@@ -82,3 +82,45 @@ class Task:
     solution: Optional[Callable[[Problem], str]] = None
     """A gold completion text for a problem (worked steps and answer), where the task can
     write one; used to build the embedded default model and for supervised warm starts."""
+
+
+CHECKER_RAISED = "the checker raised"
+"""How the note of the unscorable verdict given for a checker that raised begins."""
+
+
+@dataclass
+class GuardedChecker:
+    """A task's checker that turns an exception into an unscorable verdict (DESIGN.md rule 3:
+    counted and logged, never a silent 0), so one odd completion does not end a run.
+
+    A checker that has raised on every completion it was given, `fatal_after` of them, is
+    broken rather than unlucky: that raises a UserCodeError naming the checker, its file,
+    the problem and what it raised."""
+
+    check: Checker
+    task: str
+    fatal_after: int = 16
+    checked: int = 0
+    raised: int = 0
+
+    def __call__(self, problem: Problem, text: str) -> Verdict:
+        self.checked += 1
+        try:
+            return self.check(problem, text)
+        except Exception as error:
+            from sharpen.specs import UserCodeError, describe_function, raised
+
+            self.raised += 1
+            if self.raised == self.checked >= self.fatal_after:
+                raise UserCodeError(
+                    f"task {self.task!r}: its checker {describe_function(self.check)} raised on every one of the "
+                    f"{self.checked} completions it was given; the last, on problem {problem.id!r}: {raised(error)}"
+                ) from error
+            return Verdict(correct=None, note=f"{CHECKER_RAISED} {raised(error)}")
+
+
+def guard_checker(task: Task) -> Task:
+    """The task with its checker guarded (see GuardedChecker)."""
+    if isinstance(task.check, GuardedChecker):
+        return task
+    return replace(task, check=GuardedChecker(task.check, task.name))

@@ -13,9 +13,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Optional, TypeVar, Union, overload
 
-from sharpen.specs import SpecError, load_object
-from sharpen.tasks.base import Task
-from sharpen.tasks.errors import TaskOptionError, UnknownTaskError
+from sharpen.specs import SpecError, UserCodeError, describe_function, load_object, raised
+from sharpen.tasks.base import Task, guard_checker
+from sharpen.tasks.errors import TaskDataError, TaskOptionError, UnknownTaskError
 
 TaskFactory = Callable[..., Task]
 F = TypeVar("F", bound=TaskFactory)
@@ -60,12 +60,29 @@ def _build(name: str, factory: Union[TaskFactory, Task], options: dict[str, Any]
     if isinstance(factory, Task):
         if options:
             raise TaskOptionError(f"task {name!r} is a fixed Task object and takes no options; got {sorted(options)}")
-        return factory
+        return guard_checker(factory)
     check_options(name, factory, options)
-    task = factory(**options)
+    try:
+        task = factory(**options)
+    except (TaskOptionError, TaskDataError):
+        raise
+    except (ValueError, TypeError) as error:
+        if name in _FACTORIES:  # a built-in task refusing a value: the option's fault
+            raise TaskOptionError(f"task {name!r} cannot use the options {options}: {raised(error)}") from error
+        raise UserCodeError(
+            f"task factory {name!r} = {describe_function(factory)} raised {raised(error)} "
+            f"when called with the options {options}"
+        ) from error
+    except Exception as error:
+        if name in _FACTORIES:
+            raise  # a bug in sharpen's own task
+        raise UserCodeError(
+            f"task factory {name!r} = {describe_function(factory)} raised {raised(error)} "
+            f"when called with the options {options}"
+        ) from error
     if not isinstance(task, Task):
-        raise TypeError(f"task factory {name!r} returned {type(task).__name__}, not a sharpen.tasks.Task")
-    return task
+        raise UserCodeError(f"task factory {name!r} returned {type(task).__name__}, not a sharpen.tasks.Task")
+    return guard_checker(task)
 
 
 def check_options(name: str, factory: TaskFactory, options: dict[str, Any]) -> None:

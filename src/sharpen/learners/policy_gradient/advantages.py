@@ -92,7 +92,7 @@ def rloo_advantages(rewards: Tensor) -> Tensor:
     (2024) "Back to Basics: Revisiting REINFORCE Style Optimization…". Needs G ≥ 2.
     Equivalent to G/(G−1) · (r_i − mean(r)).
     """
-    _check_groups(rewards, "rloo", min_group=2)
+    _check_groups(rewards, "rloo", min_group=MIN_GROUP_SIZE["rloo"])
     G = rewards.shape[1]
     others = rewards.sum(dim=1, keepdim=True) - rewards  # (P, G)  Σ_{j≠i} r_j
     return rewards - others / (G - 1)  # (P, G)
@@ -111,7 +111,7 @@ def grpo_advantages(rewards: Tensor, eps: float = 1e-4, unbiased: bool = True) -
     exactly π/8 × GRPO on binary rewards; the two differ by the constant sqrt(G/(G−1)).
     The sample std needs G ≥ 2. ε = 1e-4 as in TRL; all-equal groups get A = 0.
     """
-    _check_groups(rewards, "grpo", min_group=2 if unbiased else 1)
+    _check_groups(rewards, "grpo", min_group=MIN_GROUP_SIZE["grpo"] if unbiased else 1)
     centred = rewards - rewards.mean(dim=1, keepdim=True)  # (P, G)
     std = rewards.std(dim=1, correction=1 if unbiased else 0, keepdim=True)  # (P, 1)
     return centred / (std + eps)  # (P, G)
@@ -279,6 +279,10 @@ DECOMPOSED_ESTIMATORS: dict[str, Callable[[Tensor, Sequence[tuple[float, float]]
 }
 """name → its per-component form(component rewards (C, P, G), ranges) -> advantages (P, G),
 used instead of the estimator when a reward has several weighted components (`decompose`)."""
+
+MIN_GROUP_SIZE: dict[str, int] = {"rloo": 2, "grpo": 2}
+"""name → the fewest completions per group the estimator needs (1 where absent): a
+leave-one-out baseline and an unbiased standard deviation need two."""
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:

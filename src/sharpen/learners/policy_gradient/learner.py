@@ -17,11 +17,11 @@ import time
 from typing import Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sharpen.config import ConfigModel
 from sharpen.learners.policy_gradient.advantages import (
-    DECOMPOSED_ESTIMATORS, get_advantage_estimator, get_sample_weighting,
+    DECOMPOSED_ESTIMATORS, MIN_GROUP_SIZE, get_advantage_estimator, get_sample_weighting,
 )
 from sharpen.learners.base import (
     LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, optimizer_step,
@@ -57,6 +57,22 @@ class PolicyGradientConfig(ConfigModel):
     )
     kl_coef: float = Field(0.0, ge=0, description="β of the k3 KL penalty to the frozen initial model (0 = none).")
     grad_clip: float = Field(1.0, gt=0, description="Maximum global gradient norm.")
+
+    @field_validator("advantage")
+    @classmethod
+    def known_advantage(cls, name: str) -> str:
+        get_advantage_estimator(name)  # a ValueError that lists the registered names
+        return name
+
+    @field_validator("weighting")
+    @classmethod
+    def known_weighting(cls, name: str) -> str:
+        get_sample_weighting(name)
+        return name
+
+    def min_group_size(self) -> int:
+        """The fewest completions per group (sampling.group_size) the advantage estimator needs."""
+        return MIN_GROUP_SIZE.get(self.advantage, 1)
 
 
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {

@@ -39,7 +39,7 @@ import copy
 import math
 from typing import Callable, Literal, Optional, Sequence
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sharpen.config import ConfigModel
 from sharpen.episodes import NEUTRAL_FEEDBACK, next_prompt, run_episodes
@@ -47,6 +47,7 @@ from sharpen.learners.base import (
     EpisodeSettings, LearnerContext, StepOutput, adamw, episode_metrics, episode_records, step_seed, using_model,
 )
 from sharpen.learners.sft import Example, fine_tune
+from sharpen.models import check_model_spec
 from sharpen.models.base import Completion
 from sharpen.tasks.base import Problem
 
@@ -87,6 +88,13 @@ class RiseConfig(ConfigModel):
     epochs: int = Field(1, ge=1, description="Passes over each iteration's examples.")
     batch_size: int = Field(32, ge=1, description="Sequences per optimizer step.")
     grad_clip: float = Field(1.0, gt=0, description="Maximum global gradient norm.")
+
+    @field_validator("teacher")
+    @classmethod
+    def known_model_form(cls, spec: Optional[str]) -> Optional[str]:
+        if spec is not None:
+            check_model_spec(spec)  # a ModelSpecError (a ValueError) that lists the accepted forms
+        return spec
 
     def episodes(self) -> EpisodeSettings:
         return EpisodeSettings(self.turns, self.feedback, self.neutral, self.stop_when_correct)

@@ -39,7 +39,7 @@ from pydantic import Field
 
 from sharpen.config import ConfigModel
 from sharpen.episodes import NEUTRAL_FEEDBACK, next_prompt, run_episodes
-from sharpen.learners.policy_gradient.advantages import get_advantage_estimator
+from sharpen.learners.policy_gradient.advantages import MIN_GROUP_SIZE, get_advantage_estimator
 from sharpen.learners.base import (
     EpisodeSettings, LearnerContext, StepOutput, adamw, episode_metrics, episode_records, optimizer_step,
     reference_logprobs, step_seed,
@@ -70,6 +70,10 @@ class ScoreConfig(ConfigModel):
     lr: float = Field(2e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Maximum global gradient norm.")
+
+    def min_group_size(self) -> int:
+        """The fewest episodes per problem (sampling.group_size) the advantage estimator needs."""
+        return MIN_GROUP_SIZE.get(self.advantage, 1)
 
     def episodes(self) -> EpisodeSettings:
         return EpisodeSettings(2, self.feedback, self.neutral)
