@@ -8,7 +8,7 @@ MLflow, W&B or trackio. Names not in the table pass through unchanged.
     reward/mean            → reward                 eval/accuracy   → val-core/<task>/acc/mean@N
     reward/std             → reward_std             eval/pass@k     → val-core/<task>/acc/best@k/mean
     reward/frac_zero_std   → frac_reward_zero_std   eval/maj@k      → val-core/<task>/acc/maj@k/mean
-    rewards/<signal>/mean  (same)                   eval/<name>/lo, /hi → <mapped>/lo, /hi (95% CI)
+    rewards/<signal>/mean  (same)                   eval/<name>/lo, /hi → <mapped>_lo, _hi (95% CI)
     kl_ref                 → kl                     eval/<other>    → val-aux/<task>/<other>
     entropy                (same)
     clip_frac              → clip_ratio/region_mean
@@ -33,6 +33,12 @@ TRAIN_NAMES = {
 """Training metrics renamed to TRL's (GRPOTrainer logs)."""
 
 
+EVAL_SUFFIXES = ("lo", "hi", "abs_error")
+"""Parts of a held-out metric (its 95% CI bounds, a label-free estimate's error), joined with
+'_' rather than '/' so no tracker name is both a metric and a prefix of others (file stores
+such as MLflow's keep each name as a path)."""
+
+
 def _eval_name(base: str, task: str, samples: int) -> str:
     """verl's name of a held-out metric `base` (without the eval/ prefix or a /lo, /hi suffix)."""
     if base == "accuracy":
@@ -51,6 +57,7 @@ def tracker_name(name: str, task: str, samples: int) -> str:
     if not name.startswith("eval/"):
         return name
     base, suffix = name[len("eval/"):], ""
-    if base.endswith(("/lo", "/hi")):
-        base, suffix = base[:-3], base[-3:]
+    head, _, last = base.rpartition("/")
+    if head and last in EVAL_SUFFIXES:
+        base, suffix = head, "_" + last
     return _eval_name(base, task, samples) + suffix

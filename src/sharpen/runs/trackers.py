@@ -12,7 +12,8 @@ their Table). Each tracker's package is an optional extra: an absent one is a
 `TrackerUnavailable` that names the extra to install.
 
 Where each writes by default: TensorBoard event files under <run_dir>/tensorboard; MLflow a
-`file:<run_dir>/mlruns` store (MLFLOW_TRACKING_URI overrides it); W&B offline mode under
+`file:<run_dir>/mlruns` store (MLFLOW_TRACKING_URI overrides it; '@' in a name becomes '_at_',
+which MLflow requires); W&B offline mode under
 <run_dir> unless WANDB_MODE is set; trackio its local database (TRACKIO_DIR).
 """
 
@@ -94,6 +95,11 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+def mlflow_name(name: str) -> str:
+    """MLflow refuses '@' in metric names: val-core/t/acc/mean@8 → val-core/t/acc/mean_at_8."""
+    return name.replace("@", "_at_")
+
+
 class MLflowTracker:
     """One MLflow run; a local `file:` store under the run directory unless MLFLOW_TRACKING_URI says."""
 
@@ -116,7 +122,7 @@ class MLflowTracker:
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        ms = [Metric(k, v, 0, step) for k, v in metrics.items()]
+        ms = [Metric(mlflow_name(k), v, 0, step) for k, v in metrics.items()]
         for i in range(0, len(ms), 1000):
             self.client.log_batch(self.run_id, metrics=ms[i : i + 1000])
 
