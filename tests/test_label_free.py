@@ -76,3 +76,14 @@ def test_agreement_on_the_line_fits_synthetic_models_on_a_known_line():
     assert line.aline_s == pytest.approx(p, abs=1e-9)
     assert line.aline_d == pytest.approx(p, abs=1e-9)
     assert line.r2 == pytest.approx(1.0)
+
+
+def test_eval_label_free_in_a_run_config_needs_two_samples(tmp_path):
+    from sharpen.config import ConfigError, load_config
+    from sharpen.loop import RunConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("eval:\n  samples: 1\n  label_free: true\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:1: eval: .*label_free needs samples >= 2"):
+        load_config(cfg, RunConfig)
+    assert load_config(cfg, RunConfig, ["eval.samples=2"]).eval.label_free
