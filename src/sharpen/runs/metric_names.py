@@ -12,6 +12,8 @@ MLflow, W&B or trackio. Names not in the table pass through unchanged.
     kl_ref                 → kl                     eval/<other>    → val-aux/<task>/<other>
     entropy                (same)
     clip_frac              → clip_ratio/region_mean
+    clip_frac_low, _high   → clip_ratio/low_mean, clip_ratio/high_mean
+    completion_truncated_frac → completions/clipped_ratio (completions cut at the token budget)
     completion_tokens_mean → completions/mean_length
     lr                     → learning_rate
 
@@ -27,6 +29,9 @@ TRAIN_NAMES = {
     "reward/frac_zero_std": "frac_reward_zero_std",
     "kl_ref": "kl",
     "clip_frac": "clip_ratio/region_mean",
+    "clip_frac_low": "clip_ratio/low_mean",
+    "clip_frac_high": "clip_ratio/high_mean",
+    "completion_truncated_frac": "completions/clipped_ratio",
     "completion_tokens_mean": "completions/mean_length",
     "lr": "learning_rate",
 }
