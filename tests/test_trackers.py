@@ -142,3 +142,19 @@ def test_an_unknown_tracker_in_a_config_is_a_config_error(tmp_path, tiny_model_d
 
 def test_flatten_config_to_dotted_parameters():
     assert flatten({"a": {"b": 1, "c": "x"}, "d": [1, 2], "e": {}}) == {"a.b": "1", "a.c": "x", "d": "[1, 2]", "e": "{}"}
+
+
+def test_a_resumed_tensorboard_log_hides_what_the_interrupted_run_logged_after_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = open_trackers(["tensorboard"], tmp_path, {}, task="t", samples=1)
+    for step in range(1, 5):
+        first.log_step(step, {"loss": float(step)})
+    first.close()  # the run was killed after step 4; its last checkpoint is step 2
+    resumed = open_trackers(["tensorboard"], tmp_path, {}, task="t", samples=1, first_step=3)
+    for step in (3, 4):
+        resumed.log_step(step, {"loss": 10.0 * step})
+    resumed.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]

@@ -229,11 +229,6 @@ class Trainer:
         self.eval_episodes = eval_episodes(cfg)
         self.pool = self.task.problems("train", max(4096, cfg.problems_per_step), cfg.seed)
         self.store = RunStore(self.run_dir)
-        try:
-            self.trackers = open_trackers(cfg.trackers, self.run_dir, cfg.model_dump(mode="json"),
-                                          task=self.task.name, samples=cfg.eval.samples)
-        except TrackerUnavailable as err:
-            raise RunStopped(str(err)) from None
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -302,6 +297,11 @@ class Trainer:
         first = self.restore() if resume else 1
         if not resume and store.last_step() is not None:
             raise RunStopped(f"{self.run_dir} already holds a run; use --resume to continue it or another run_dir")
+        try:
+            self.trackers = open_trackers(cfg.trackers, self.run_dir, cfg.model_dump(mode="json"),
+                                          task=self.task.name, samples=cfg.eval.samples, first_step=first if resume else 0)
+        except TrackerUnavailable as err:
+            raise RunStopped(str(err)) from None
         if store.last_step() is None:
             base = self.evaluate()
             with store.step(0) as w:

@@ -75,11 +75,12 @@ def _markdown_table(rows: list[tuple]) -> str:
 class TensorBoardTracker:
     """Scalars with torch's SummaryWriter; config and completions in the text tab."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], name: str) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], name: str, first_step: int = 0) -> None:
         _require("tensorboard", "tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        # on a resume, TensorBoard hides what an interrupted run logged at steps >= first_step
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=first_step or None)
         params = "\n".join(f"| {k} | {v} |" for k, v in flatten(config).items())
         self.writer.add_text("config", "| key | value |\n|---|---|\n" + params, 0)
 
@@ -103,7 +104,7 @@ def mlflow_name(name: str) -> str:
 class MLflowTracker:
     """One MLflow run; a local `file:` store under the run directory unless MLFLOW_TRACKING_URI says."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], name: str) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], name: str, first_step: int = 0) -> None:
         _require("mlflow", "mlflow", "mlflow")
         from mlflow import MlflowClient
         from mlflow.entities import Param
@@ -137,7 +138,7 @@ class MLflowTracker:
 class WandbTracker:
     """A W&B run, offline (files under the run directory) unless WANDB_MODE is set."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], name: str) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], name: str, first_step: int = 0) -> None:
         self.wandb = _require("wandb", "wandb", "wandb")
         mode = os.environ.get("WANDB_MODE", "offline")
         self.run = self.wandb.init(project=PROJECT, name=name, config=config, dir=str(run_dir), mode=mode)
@@ -156,7 +157,7 @@ class WandbTracker:
 class TrackioTracker:
     """A trackio run (its local database by default)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], name: str) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], name: str, first_step: int = 0) -> None:
         self.trackio = _require("trackio", "trackio", "trackio")
         self.run = self.trackio.init(project=PROJECT, name=name, config=config)
 
@@ -171,13 +172,15 @@ class TrackioTracker:
         self.trackio.finish()
 
 
-TRACKERS: dict[str, Callable[[Path, dict[str, Any], str], Tracker]] = {
+TRACKERS: dict[str, Callable[..., Tracker]] = {
     "tensorboard": TensorBoardTracker,
     "mlflow": MLflowTracker,
     "wandb": WandbTracker,
     "trackio": TrackioTracker,
 }
-"""Tracker name (as in the run config's `trackers:`) → sink built from (run_dir, config, run name)."""
+"""Tracker name (as in the run config's `trackers:`) → sink built from (run_dir, config, run name,
+first_step). A resumed run opens its trackers again from the first step still to run: TensorBoard
+purges the interrupted run's later events; MLflow, W&B and trackio start a new run there."""
 
 
 @dataclass
@@ -201,10 +204,11 @@ class Trackers:
             sink.close()
 
 
-def open_trackers(names: Sequence[str], run_dir: Path, config: dict[str, Any], *, task: str, samples: int) -> Trackers:
+def open_trackers(names: Sequence[str], run_dir: Path, config: dict[str, Any], *, task: str, samples: int,
+                  first_step: int = 0) -> Trackers:
     """Start every named tracker (config logged as parameters); unknown or absent → TrackerUnavailable."""
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
         raise TrackerUnavailable(f"unknown tracker(s) {', '.join(unknown)}; known: {', '.join(TRACKERS)}")
     run_dir = Path(run_dir)
-    return Trackers([TRACKERS[n](run_dir, config, run_dir.name) for n in names], task, samples)
+    return Trackers([TRACKERS[n](run_dir, config, run_dir.name, first_step) for n in names], task, samples)
