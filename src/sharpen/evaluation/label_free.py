@@ -130,7 +130,7 @@ class LabelFreeReport:
         out = []
         t = Table(title="label-free estimates (95% CI) next to the labelled truth")
         for col in ("model", "metric", "estimate", "95% CI", "truth", "|error|"):
-            t.add_column(col, justify="right")
+            t.add_column(col, justify="right", overflow="fold")  # model paths wrap, not cut
         for model, est in zip(self.models, self.estimates):
             for name, c in est.items():
                 t.add_row(model, name, f"{c.estimate.value:.3f}", f"[{c.estimate.ci[0]:.3f}, {c.estimate.ci[1]:.3f}]",
@@ -142,7 +142,7 @@ class LabelFreeReport:
         if self.pairs:
             t = Table(title="cross-model agreement (chance a sample of each gives the same answer)")
             for col in ("model A", "model B", "agreement", "95% CI"):
-                t.add_column(col, justify="right")
+                t.add_column(col, justify="right", overflow="fold")  # model paths wrap, not cut
             for (i, j), e in self.pairs.items():
                 t.add_row(self.models[i], self.models[j], f"{e.value:.3f}", f"[{e.ci[0]:.3f}, {e.ci[1]:.3f}]")
             out.append(t)
@@ -151,7 +151,7 @@ class LabelFreeReport:
             t = Table(title="agreement on the line: predicted pass@1 (ALine-S, ALine-D)",
                       caption=f"Φ⁻¹ agr_target = {ln.slope:.3f} · Φ⁻¹ agr_source + {ln.intercept:.3f}, R² {ln.r2:.3f}")
             for col in ("model", "ALine-S", "ALine-D", "truth", "|error| S", "|error| D"):
-                t.add_column(col, justify="right")
+                t.add_column(col, justify="right", overflow="fold")  # model paths wrap, not cut
             for k, model in enumerate(self.models):
                 truth = self.truth_pass1[k]
                 err = lambda p: None if truth is None else abs(p - truth)
