@@ -33,3 +33,11 @@ def test_truncated_completions_are_counted(tiny_policy):
     cut = [c.finish_reason == "length" for r in batch.rollouts for c in r.completions]
     assert batch_metrics(batch)["completion_truncated_frac"] == sum(cut) / 6
     assert any(cut)  # one token is too few for an answer and its end-of-text
+
+
+def test_report_legends_show_the_trl_name_next_to_sharpens():
+    from sharpen.reports.plots import legend_name
+
+    assert legend_name("reward/mean") == "reward/mean (TRL: reward)"
+    assert legend_name("clip_frac_high") == "clip_frac_high (TRL: clip_ratio/high_mean)"
+    assert legend_name("entropy") == "entropy"
