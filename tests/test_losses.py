@@ -189,7 +189,8 @@ def test_diagnostics_are_floats_and_loss_has_grad():
     old = lp.detach() + 0.1
     loss, diag = clipped_surrogate(lp, old, torch.randn(3), torch.ones(3, 5), ref_logprobs=lp.detach())
     assert loss.requires_grad
-    assert set(diag) == {"loss", "pg_loss", "clip_frac", "approx_kl", "ratio_mean", "kl_ref"}
+    assert set(diag) == {"loss", "pg_loss", "clip_frac", "clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean",
+                         "kl_ref"}
     assert all(type(v) is float for v in diag.values())
 
 

@@ -111,7 +111,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.turns is None and samples < max(ks):
         raise CliError(f"--k {','.join(map(str, ks))}: k may not exceed --samples {samples}")
     task = get_task(args.task, **dict(args.task_option))
-    policy = load_policy(args.model, seed=args.seed)
+    models = args.model or ["default"]
+    if args.no_labels or len(models) > 1:
+        return eval_label_free(args, models, task, ks, samples)
+    policy = load_policy(models[0], seed=args.seed)
     if args.turns is not None:
         result = evaluate_turns(
             policy, task, turns=args.turns, n_problems=args.problems, episodes_per_problem=samples,
@@ -124,10 +127,48 @@ def cmd_eval(args: argparse.Namespace) -> None:
             policy, task, n_problems=args.problems, samples=samples, ks=ks,
             temperature=args.temperature, seed=args.seed, split=args.split,
         )
-    console.print(result.table(f"{args.model} on {task.name} ({args.split} split)"))
+    console.print(result.table(f"{models[0]} on {task.name} ({args.split} split)"))
     if args.json:
-        report = {"model": args.model, "task": task.name, **result.to_json()}
+        report = {"model": models[0], "task": task.name, **result.to_json()}
         Path(args.json).write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {args.json}")
+
+
+def eval_label_free(args: argparse.Namespace, models: list[str], task, ks: list[int], samples: int) -> None:
+    """`sharpen eval --no-labels` / several `--model`: label-free estimates of each model, their
+    cross-model agreement, and with >= 3 models the agreement-on-the-line fit on a labelled source."""
+    from sharpen.evaluation import evaluate
+    from sharpen.evaluation.label_free import label_free_report
+    from sharpen.models import load_policy
+    from sharpen.tasks import get_task
+
+    if args.turns is not None:
+        raise CliError("--turns cannot be combined with --no-labels or several --model")
+    if samples < 2:
+        raise CliError(f"--samples {samples}: label-free estimates need at least 2 samples per problem")
+    ks = sorted(set(ks) | {1, samples})
+    fit = len(models) >= 3
+    source_task = get_task(args.source_task, **dict(args.task_option)) if (
+        fit and args.source_task) else task
+    source_split = args.source_split or ("train" if args.split == "eval" else "eval")
+    target, source = [], []
+    for model in models:
+        policy = load_policy(model, seed=args.seed)
+        run = lambda t, split: evaluate(policy, t, n_problems=args.problems, samples=samples, ks=ks,
+                                        temperature=args.temperature, seed=args.seed, split=split)
+        target.append(run(task, args.split))
+        if fit:
+            source.append(run(source_task, source_split))
+    try:
+        report = label_free_report(models, target, source if fit else None, seed=args.seed)
+    except ValueError as err:
+        raise CliError(f"label-free evaluation: {err}") from None
+    console.print(f"{task.name} ({args.split} split), {args.problems} problems × {samples} samples"
+                  + (f"; line fitted on {source_task.name} ({source_split} split)" if fit else ""))
+    for table in report.tables():
+        console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"models": models, "task": task.name, **report.to_json()}, indent=2))
         console.print(f"wrote {args.json}")
 
 
@@ -221,7 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="measure a model on a task: pass@k, maj@k, accuracy with 95%% intervals")
-    p.add_argument("--model", default="default", help=MODEL_HELP)
+    p.add_argument("--model", action="append", default=None,
+                   help=MODEL_HELP + "; repeat it to compare models by label-free agreement")
+    p.add_argument("--no-labels", action="store_true",
+                   help="label-free estimates: pass@1 from the pairwise agreement of samples, maj@n from the top "
+                        "vote share (next to the labelled truth and |error| where the task has references)")
+    p.add_argument("--source-task", default=None,
+                   help="with 3+ --model: the labelled task the agreement line is fitted on (default: --task)")
+    p.add_argument("--source-split", default=None, choices=["train", "eval"],
+                   help="split of the source task (default: the split other than --split)")
     p.add_argument("--task", required=True, help="task name (see `sharpen tasks`) or path.py:factory")
     p.add_argument("--task-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                    help="task option, repeatable")

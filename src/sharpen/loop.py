@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
 import torch
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from sharpen.config import ConfigModel, Location, load_config
 from sharpen.episodes import NEUTRAL_FEEDBACK
 from sharpen.evaluation import EvalResult, TurnEvalResult, evaluate, evaluate_turns
+from sharpen.evaluation.label_free import label_free_metrics
 from sharpen.learners.base import (
     EpisodeSettings, Learner, LearnerContext, MultiTurnConfig, NonFiniteLossError, Sampling,
 )
@@ -40,6 +41,7 @@ from sharpen.learners.self_correction.score import Score, ScoreConfig
 from sharpen.models import ModelSpecError, check_model_spec, load_policy
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore
+from sharpen.runs.trackers import TRACKERS, TrackerUnavailable, open_trackers
 from sharpen.seeds import derive_seed
 from sharpen.signals import RewardFunctionError, SignalOptionError, UnknownSignalError, check_signal
 from sharpen.signals.reward import Reward
@@ -111,6 +113,16 @@ class EvalConfig(ConfigModel):
     stop_when_correct: Optional[bool] = Field(
         None, description="End a held-out episode at its first right attempt (default: the learner's own, else no)."
     )
+    label_free: bool = Field(
+        False, description="Also log label-free estimates (eval/label_free/pass@1, …/maj@<samples>; METHODS §8) "
+                           "and, where labels exist, their absolute error."
+    )
+
+    @model_validator(mode="after")
+    def _label_free_needs_pairs(self) -> "EvalConfig":
+        if self.label_free and self.samples < 2:
+            raise ValueError(f"label_free needs samples >= 2 (agreement is between two samples), got {self.samples}")
+        return self
 
     def config_problems(self) -> Iterator[tuple[Location, str]]:
         yield from super().config_problems()
@@ -167,6 +179,11 @@ class RunConfig(ConfigModel):
     threads: Optional[int] = Field(None, description="torch CPU threads (default: torch's choice).")
     device: Optional[str] = Field(None, description="'cpu', 'cuda', … (default: CUDA if present).")
     run_dir: Optional[str] = Field(None, description="Where the run is written (default: runs/<config name>).")
+    keep_checkpoints: int = Field(KEEP_CHECKPOINTS, ge=1, description="Newest checkpoints kept on disk.")
+    trackers: list[Literal[tuple(TRACKERS)]] = Field(
+        default_factory=list, description="Experiment trackers the run store's metrics are mirrored to: "
+                                          + ", ".join(TRACKERS) + " (each an optional extra)."
+    )
 
     def config_problems(self) -> Iterator[tuple[Location, str]]:
         yield from super().config_problems()
@@ -307,7 +324,7 @@ class Trainer:
     def prune_checkpoints(self) -> None:
         """Keep the newest KEEP_CHECKPOINTS checkpoints that the store knows."""
         known = sorted(self.store.checkpoints(), key=lambda c: c.step)
-        for old in known[:-KEEP_CHECKPOINTS]:
+        for old in known[:-self.cfg.keep_checkpoints]:
             shutil.rmtree(old.path, ignore_errors=True)
 
     def restore(self) -> int:
@@ -362,10 +379,13 @@ class Trainer:
         """The held-out evaluation as run-store metrics: pass@k, maj@k, and the turn metrics
         when the run's held-out episodes have more than one turn."""
         e, episodes = self.cfg.eval, self.eval_episodes
-        metrics = eval_metrics(evaluate(
+        result = evaluate(
             self.policy, self.task, n_problems=e.problems, samples=e.samples, ks=e.ks,
             temperature=e.temperature, seed=self.cfg.seed, progress=False,
-        ))
+        )
+        metrics = eval_metrics(result)
+        if e.label_free:
+            metrics.update(label_free_metrics(result, self.cfg.seed))
         if episodes.turns > 1:
             metrics.update(turn_eval_metrics(evaluate_turns(
                 self.policy, self.task, turns=episodes.turns, n_problems=e.problems, episodes_per_problem=e.samples,
@@ -385,6 +405,11 @@ class Trainer:
         first = self.restore() if resume else 1
         if not resume and store.last_step() is not None:
             raise RunStopped(f"{self.run_dir} already holds a run; use --resume to continue it or another run_dir")
+        try:
+            self.trackers = open_trackers(cfg.trackers, self.run_dir, cfg.model_dump(mode="json"),
+                                          task=self.task.name, samples=cfg.eval.samples, first_step=first if resume else 0)
+        except TrackerUnavailable as err:
+            raise RunStopped(str(err)) from None
         if store.last_step() is None:
             try:
                 base = self.evaluate()
@@ -392,6 +417,7 @@ class Trainer:
                 raise self.stopped(0, err) from err
             with store.step(0) as w:
                 w.metrics(base)
+            self.trackers.log_step(0, base)
         train_seconds = sum(r.value for r in store.metrics("train_step_seconds"))
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -430,9 +456,11 @@ class Trainer:
                     w.completions(out.records)
                     if ckpt is not None:
                         w.checkpoint(ckpt)
+                self.trackers.log_step(step, metrics, out.records)
                 if ckpt is not None:
                     self.prune_checkpoints()
                 bar.update(job, advance=1, reward=metrics.get("reward/mean", float("nan")), acc=metrics.get("train/accuracy", float("nan")))
+        self.trackers.close()
         summary = self.write_summary(time.perf_counter() - start, train_seconds)
         return summary
 

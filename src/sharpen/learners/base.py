@@ -130,6 +130,8 @@ def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
         "gen_tokens_per_s": batch.generated_tokens / max(batch.generation_seconds, 1e-9),
         "completion_tokens_mean": batch.generated_tokens / max(n, 1),
         "gen_tokens": float(batch.generated_tokens),
+        "completion_truncated_frac": sum(c.finish_reason == "length" for r in batch.rollouts
+                                         for c in r.completions) / max(n, 1),
     }
     if batch.rollouts and "correctness" in batch.rollouts[0].components:
         hits = [v == 1.0 for r in batch.rollouts for v in r.components["correctness"]]

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from sharpen.reports.data import EvalCurve, Series, display_order, turn_curves
+from sharpen.runs.metric_names import TRAIN_NAMES
 
 PANEL_SIZE = (4.2, 3.0)
 """Inches per panel."""
@@ -148,7 +149,7 @@ TRAINING_PANELS = (
     Panel("training examples per step", ("select/kept", "star/rationalized", "pairs/count")),
     Panel("preference margin", (), r"^(dpo|ipo|irpo)/(reward_margin|reward_accuracy)$"),
     Panel("KL", ("approx_kl", "kl_ref")),
-    Panel("clip fraction", ("clip_frac",)),
+    Panel("clip fraction", ("clip_frac", "clip_frac_low", "clip_frac_high")),
     Panel("entropy", ("entropy",)),
     Panel("groups with zero reward spread", ("reward/frac_zero_std",)),
     Panel("gradient norm", ("grad_norm",)),
@@ -166,15 +167,22 @@ def _panel_names(panel: Panel, series: dict[str, Series]) -> list[str]:
     return [n for n in names if series[n].finite().steps]
 
 
+def legend_name(name: str) -> str:
+    """A training metric's legend: its run-store name and, where trackers rename it, TRL's
+    (`runs.metric_names`), so the report and a TensorBoard or W&B page can be read side by side."""
+    theirs = TRAIN_NAMES.get(name)
+    return f"{name} (TRL: {theirs})" if theirs else name
+
+
 def _draw_training(ax: Any, s: Series, color: str, smooth: bool) -> None:
     steps, y = np.asarray(s.steps), np.asarray(s.values, dtype=float)
     flat = np.ptp(y) <= 1e-9 * max(1.0, float(np.max(np.abs(y))))  # smoothing would only add rounding noise
     window = smoothing_window(len(y)) if smooth and not flat else 1
     if window == 1:
-        ax.plot(steps, y, color=color, lw=1.2, marker="." if len(y) < 30 else None, label=s.name)
+        ax.plot(steps, y, color=color, lw=1.2, marker="." if len(y) < 30 else None, label=legend_name(s.name))
         return
     ax.plot(steps, y, color=color, lw=0.6, alpha=0.3, marker=".", ms=2)  # raw points
-    ax.plot(steps, moving_average(y, window), color=color, lw=1.6, label=f"{s.name} (avg {window})")
+    ax.plot(steps, moving_average(y, window), color=color, lw=1.6, label=f"{legend_name(s.name)} (avg {window})")
 
 
 def plot_training_curves(series: dict[str, Series], path: Union[str, Path]) -> Optional[Path]:

@@ -192,6 +192,9 @@ def clipped_surrogate(
             "loss": loss.item(),
             "pg_loss": pg_loss.item(),
             "clip_frac": (clipped.to(m.dtype).sum() / n_tok).item(),
+            # TRL's split of the clipped tokens: below 1 − ε_low with A < 0, above 1 + ε_high with A > 0
+            "clip_frac_low": (((ratio < 1.0 - eps_low) & (adv < 0) & on).to(m.dtype).sum() / n_tok).item(),
+            "clip_frac_high": (((ratio > 1.0 + eps_high) & (adv > 0) & on).to(m.dtype).sum() / n_tok).item(),
             "approx_kl": (k3(log_ratio) * m).sum().div(n_tok).item(),
             "ratio_mean": (ratio * m).sum().div(n_tok).item(),
         }
