@@ -197,7 +197,7 @@ class Trainer:
         self.policy = load_policy(cfg.model, device=cfg.device, seed=cfg.seed, progress=progress)
         self.max_new_tokens = cfg.sampling.max_new_tokens or self.task.max_new_tokens
         self.reward = Reward.from_specs(
-            [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy
+            [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy, user_code=True  # the user's config
         )
         sampling = Sampling(
             group_size=cfg.sampling.group_size, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,

@@ -2,7 +2,7 @@
 
     signal = build_signal("majority_vote", task=task)
     signal = build_signal("likelihood", task=task, policy=policy, source="policy")
-    signal = build_signal("my_rewards.py:length_penalty", task=task, target=20)
+    signal = build_signal("my_rewards.py:length_penalty", task=task, user_code=True, target=20)
 
 A factory takes the task, the policy (None when there is none) and the signal's options as
 keyword arguments. A new signal is one factory and one entry in SIGNALS.
@@ -74,9 +74,14 @@ def signal_options(factory: SignalFactory) -> list[str]:
     return list(inspect.signature(factory).parameters)[2:]
 
 
-def build_signal(name: str, *, task: Task, policy: Optional[ScoringPolicy] = None, **options: Any) -> Signal:
-    """The signal registered as `name`, or the user function `name` = "module:function" /
-    "path/to/file.py:function" (whose options become keyword arguments of every call)."""
+def build_signal(
+    name: str, *, task: Task, policy: Optional[ScoringPolicy] = None, user_code: bool = False, **options: Any
+) -> Signal:
+    """The signal registered as `name`, or, with `user_code=True`, the user function `name` =
+    "module:function" / "path/to/file.py:function" (whose options become keyword arguments of
+    every call). Loading a user function imports (runs) that code, so only a user's own config
+    or command line grants `user_code`; a name from anywhere else (a server request) may name
+    only registered signals."""
     if name in SIGNALS:
         factory = SIGNALS[name]
         known = signal_options(factory)
@@ -87,6 +92,11 @@ def build_signal(name: str, *, task: Task, policy: Optional[ScoringPolicy] = Non
                 f"its options are: {', '.join(known) or '(none)'}"
             )
         return factory(task, policy, **options)
+    if is_function_spec(name) and not user_code:
+        raise UnknownSignalError(
+            f"signal {name!r} names user code, which only a config file or the command line may load; "
+            f"known signals: {', '.join(sorted(SIGNALS))}"
+        )
     if is_function_spec(name):
         return UserFunction(load_reward_function(name), name=name, options=dict(options))
     raise UnknownSignalError(
