@@ -138,16 +138,21 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
     from sharpen.models import load_policy
-    from sharpen.serve import make_server
+    from sharpen.serving import ServeError, make_server
 
     policy = load_policy(args.model, seed=args.seed)
+    api_key = args.api_key or os.environ.get("SHARPEN_API_KEY") or None
     try:
         server = make_server(policy, host=args.host, port=args.port, model_name=args.model_name or args.model,
-                             task=args.task, max_n=args.max_n, max_tokens_limit=args.max_tokens_limit)
-    except OSError as err:
-        raise CliError(f"cannot listen on {args.host}:{args.port}: {err}") from None
-    console.print(f"serving {server.model_name!r} at {server.url} (Ctrl-C to stop)", highlight=False)
+                             task=args.task, max_n=args.max_n, max_tokens_limit=args.max_tokens_limit,
+                             api_key=api_key)
+    except ServeError as err:
+        raise CliError(str(err)) from None
+    key_note = " (API key required)" if api_key else ""
+    console.print(f"serving {server.model_name!r} at {server.url}{key_note} (Ctrl-C to stop)", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -226,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="addition", help="task whose answer extraction strategy models use")
     p.add_argument("--max-n", type=int, default=64, help="largest n per request")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens per request")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but "
+                   "/health (default: the SHARPEN_API_KEY environment variable; none: open)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_serve)
 

@@ -1,0 +1,487 @@
+"""The FastAPI app: routes, the API-key and body-size gate, and OpenAI-shaped errors.
+
+    app = build_app(policy, ServeSettings(model_name="default"))   # served by uvicorn
+
+Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (and
+FastAPI's /openapi.json and /docs). With an API key set, every route but /health needs
+`Authorization: Bearer KEY`. Bad requests get a 4xx and failures a 500, all with OpenAI's body
+`{"error": {"message", "type", "param", "code"}}`; no stack trace is ever sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sharpen.models.base import SamplingParams
+from sharpen.serving import schemas as s
+from sharpen.serving.errors import APIError, bad, validation_error
+from sharpen.serving.logprobs import openai_logprobs
+from sharpen.serving.model_names import model_cards, resolve
+from sharpen.serving.streaming import DONE, TextDeltas, event
+from sharpen.serving.worker import Worker
+from sharpen.strategies.base import StrategyResult
+from sharpen.tasks.base import Problem, Prompt, Task
+
+log = logging.getLogger("sharpen.serve")
+
+DEFAULT_MAX_TOKENS = 64
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ERRORS = {status: {"model": s.ErrorBody} for status in (400, 401, 404, 413, 500)}
+AnyRequest = Union[s.ChatCompletionRequest, s.CompletionRequest]
+
+
+@dataclass
+class ServeSettings:
+    model_name: str = "default"
+    task: Union[Task, str, None] = None
+    """What strategy models extract and vote answers with (a Task or a task name; default addition)."""
+    max_n: int = 64
+    """Largest n × prompts per request; times 16, the largest strategy work."""
+    max_tokens_limit: int = 1024
+    max_body_bytes: int = 1_000_000
+    batch_window: float = 0.005
+    api_key: Optional[str] = None
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+# ---- the gate: API key and body size, before any parsing ------------------------------------
+
+
+class Gate:
+    """Pure ASGI middleware: refuses a request without the API key (401) or with a body over
+    the limit (413, counted as it arrives, so a chunked body cannot dodge it)."""
+
+    def __init__(self, app: Any, *, api_key: Optional[str], max_body_bytes: int) -> None:
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.api_key is not None and scope.get("path") != "/health":
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                err = APIError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
+                               code="invalid_api_key")
+                return await error_response(err)(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                err = APIError(413, f"the request body is over the limit of {self.max_body_bytes} bytes",
+                               code="request_too_large")
+                return await error_response(err)(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            json.loads(body)  # FastAPI lets a RecursionError (deep nesting) through as a 500
+        except RecursionError:
+            return await error_response(bad("the request body nests too deeply", code="invalid_json"))(
+                scope, receive, send)
+        except ValueError:
+            pass  # FastAPI answers invalid JSON itself (a 400 here)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# ---- the app --------------------------------------------------------------------------------
+
+
+def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
+    worker = Worker(policy, window=settings.batch_window)
+    task_cache: dict[str, Task] = {}
+
+    def get_task() -> Task:
+        if isinstance(settings.task, Task):
+            return settings.task
+        if "task" not in task_cache:
+            from sharpen.tasks import get_task as load
+
+            task_cache["task"] = load(settings.task or "addition")
+        return task_cache["task"]
+
+    get_task()  # an unknown task fails at start-up, not on the first request
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await worker.start()
+        yield
+        await worker.stop()
+
+    app = FastAPI(title="sharpen", description="An OpenAI-compatible API over a sharpen policy; a model "
+                  "'STRATEGY/NAME' answers with an inference-time strategy.", lifespan=lifespan)
+    app.add_middleware(Gate, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.state.worker = worker
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, err: APIError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(err.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+        message = f"no route {request.url.path}" if err.status_code == 404 else str(err.detail)
+        return error_response(APIError(err.status_code, message, code=code))
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, err: Exception) -> JSONResponse:
+        log.error("error answering %s %s", request.method, request.url.path, exc_info=err)
+        return error_response(APIError(500, "internal server error"))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", response_model=s.ModelList, responses=ERRORS)
+    async def models() -> Response:
+        cards = [s.ModelCard(**card) for card in model_cards(settings.model_name)]
+        return _json(s.ModelList(data=cards))
+
+    @app.post("/v1/chat/completions", response_model=s.ChatCompletion, responses=ERRORS)
+    async def chat_completions(body: s.ChatCompletionRequest) -> Response:
+        return await complete(body, chat=True)
+
+    @app.post("/v1/completions", response_model=s.TextCompletion, responses=ERRORS)
+    async def completions(body: s.CompletionRequest) -> Response:
+        return await complete(body, chat=False)
+
+    def openapi() -> dict:
+        """FastAPI's schema without its 422 responses: this server answers bad input with 400."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    # ---- completions ----------------------------------------------------------------------
+
+    async def complete(req: AnyRequest, chat: bool) -> Response:
+        req.refuse_non_neutral()
+        plan = Plan.of(req, chat, settings, policy)
+        strategy = resolve(req.model, served=settings.model_name, max_n=settings.max_n, n=req.n)
+        if strategy is None:
+            if req.stream:
+                return _stream(plain_stream(plan))
+            choices, usage = await plain(plan)
+        else:
+            if plan.top is not None:
+                param = "logprobs"
+                raise bad(f"model {req.model!r} returns no logprobs: a strategy's answer is picked among many "
+                          f"samples; ask model {settings.model_name!r} for logprobs", param, "unsupported_parameter")
+            if len(plan.prompts) != 1:
+                raise bad("strategy models take a single prompt string", "prompt")
+            run = build_strategy_run(plan, *strategy)
+            if req.stream:
+                return _stream(strategy_stream(plan, run))
+            choices, usage = await run()
+        return _json(plan.response(choices, usage))
+
+    async def plain(plan: "Plan") -> tuple[list["Choice"], tuple[int, int]]:
+        params = plan.params(plan.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_tokens_limit), ())
+        # each prompt of a completions request goes in separately, so it can batch with others
+        outcomes = await asyncio.gather(*(worker.sample(p, params) for p in plan.prompts))
+        completions = [c for group, _ in outcomes for c in group]
+        logprobs: list[Optional[dict]] = [None] * len(completions)
+        if plan.top is not None:  # token texts come from the tokenizer, which the worker thread owns
+            piece = getattr(policy, "piece", None)
+            logprobs = await worker.call(lambda: [openai_logprobs(piece, c, plan.chat, plan.top) for c in completions])
+        choices = [Choice(c.text, c.finish_reason, lp) for c, lp in zip(completions, logprobs)]
+        return choices, (sum(count for _, count in outcomes), sum(c.n_tokens for c in completions))
+
+    async def plain_stream(plan: "Plan") -> AsyncIterator[str]:
+        params = plan.params(plan.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_tokens_limit), ())
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        n = plan.n
+        decode = getattr(policy, "decode", None)
+        deltas = [[TextDeltas(decode, params.stop) if decode is not None else None for _ in range(n)]
+                  for _ in plan.prompts]
+
+        def on_token(i: int):
+            def push(j: int, token: int) -> None:  # on the worker thread
+                text = deltas[i][j].push(token) if deltas[i][j] is not None else ""
+                if text:
+                    loop.call_soon_threadsafe(events.put_nowait, ("delta", i * n + j, text))
+            return push
+
+        async def run(i: int, prompt: Prompt) -> None:
+            try:
+                events.put_nowait(("done", i, await worker.sample(prompt, params, on_token(i))))
+            except Exception as err:
+                events.put_nowait(("error", i, err))
+
+        tasks = [asyncio.create_task(run(i, p)) for i, p in enumerate(plan.prompts)]
+        try:
+            yield from_list(plan.start_chunks())
+            prompt_tokens = completion_tokens = 0
+            for _ in range(len(tasks)):
+                while True:
+                    kind, index, value = await events.get()
+                    if kind == "delta":
+                        yield event(plan.chunk(index, value))
+                        continue
+                    break
+                if kind == "error":
+                    log.error("error while streaming", exc_info=value)
+                    yield event(APIError(500, "internal server error").body())
+                    return
+                group, count = value
+                prompt_tokens += count
+                for j, c in enumerate(group):
+                    rest = deltas[index][j].finish(c.text) if deltas[index][j] is not None else c.text
+                    if rest:
+                        yield event(plan.chunk(index * n + j, rest))
+                    yield event(plan.chunk(index * n + j, None, c.finish_reason))
+                    completion_tokens += c.n_tokens
+            if plan.include_usage:
+                yield event(plan.usage_chunk(prompt_tokens, completion_tokens))
+            yield DONE
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def build_strategy_run(plan: "Plan", name: str, options: dict):
+        from sharpen.strategies import STRATEGIES, StrategyOptionError, StrategySpecError, build_strategy
+        from sharpen.strategies import UnknownStrategyError
+        from sharpen.strategies.registry import strategy_options
+
+        task = get_task()
+        given = plan.given_sampling()
+        if given:
+            factory = STRATEGIES.get(options.get("inner", "single") if name == "reread" else name)
+            accepted = (strategy_options(factory) if factory is not None else None) or []
+            if "params" not in accepted:
+                raise bad(f"model {plan.model!r} takes no sampling parameters", given[0], "unsupported_parameter")
+            options = {**options, "params": plan.params(plan.max_tokens or task.max_new_tokens, tuple(task.stop), n=1)}
+        try:
+            strategy = build_strategy(name, policy=policy, task=task, **options)
+        except UnknownStrategyError as err:
+            raise APIError(404, f"model {plan.model!r}: {err}", param="model", code="model_not_found") from None
+        except (StrategyOptionError, StrategySpecError, ValueError) as err:
+            raise bad(f"model {plan.model!r}: {err}", "model") from None
+        prompt = plan.prompts[0]
+        rid = uuid.uuid4().hex
+        problems = [Problem(id=f"serve/{rid}/{i}", prompt=prompt) for i in range(plan.n)]  # the whole conversation
+
+        async def run() -> tuple[list[Choice], tuple[int, int]]:
+            results, prompt_tokens = await worker.call(lambda: (strategy(problems), worker.prompt_tokens(prompt)))
+            choices = [Choice(r.text, final_finish_reason(r), None) for r in results]
+            return choices, (prompt_tokens, sum(r.tokens for r in results))
+
+        return run
+
+    async def strategy_stream(plan: "Plan", run) -> AsyncIterator[str]:
+        yield from_list(plan.start_chunks())
+        try:
+            choices, (prompt_tokens, completion_tokens) = await run()
+        except Exception as err:
+            log.error("error while streaming", exc_info=err)
+            yield event(APIError(500, "internal server error").body())
+            return
+        for index, choice in enumerate(choices):  # the final answer once chosen
+            if choice.text:
+                yield event(plan.chunk(index, choice.text))
+            yield event(plan.chunk(index, None, choice.finish_reason))
+        if plan.include_usage:
+            yield event(plan.usage_chunk(prompt_tokens, completion_tokens))
+        yield DONE
+
+    return app
+
+
+def from_list(events: list[str]) -> str:
+    return "".join(events)
+
+
+def final_finish_reason(result: StrategyResult) -> str:
+    """The finish_reason of the completion a strategy answered with ("length" when the budget
+    cut it): the last completion of its trace whose text is the answer's; "stop" if none is."""
+    for call in reversed(result.trace):
+        for group in reversed(call.completions):
+            for completion in reversed(group):
+                if completion.text == result.text:
+                    return completion.finish_reason
+    return "stop"
+
+
+def _json(model: Any) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _stream(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@dataclass
+class Choice:
+    text: str
+    finish_reason: str
+    logprobs: Optional[dict]
+
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "stop",
+                   "stop_token_ids", "seed")
+
+
+@dataclass
+class Plan:
+    """A checked request: what to generate, how, and how to answer."""
+
+    req: AnyRequest
+    chat: bool
+    prompts: list[Prompt]
+    max_tokens: Optional[int]
+    top: Optional[int]
+    """Alternatives per token when logprobs are asked for (0: the sampled tokens only); None: no logprobs."""
+    rid: str
+    created: int
+
+    @property
+    def model(self) -> str:
+        return self.req.model
+
+    @property
+    def n(self) -> int:
+        return self.req.n
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.req.stream_options and self.req.stream_options.include_usage)
+
+    @classmethod
+    def of(cls, req: AnyRequest, chat: bool, settings: ServeSettings, policy: Any) -> "Plan":
+        if isinstance(req, s.ChatCompletionRequest):
+            prompts: list[Prompt] = [[{"role": ROLES[m.role], "content": m.text()} for m in req.messages]]
+            if not any(m.role == "user" for m in req.messages):
+                raise bad("'messages' must contain a user message", "messages")
+            param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+            if req.top_logprobs and not req.logprobs:
+                raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+            top = (req.top_logprobs or 0) if req.logprobs else None
+            top_param = "top_logprobs"
+        else:
+            prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+            param, max_tokens = "max_tokens", req.max_tokens
+            top, top_param = req.logprobs, "logprobs"
+        if req.n * len(prompts) > settings.max_n:
+            raise bad(f"'n' times the number of prompts must be at most {settings.max_n}, got "
+                      f"{req.n * len(prompts)}", "n")
+        if max_tokens is not None and max_tokens > settings.max_tokens_limit:
+            raise bad(f"'{param}' must be at most {settings.max_tokens_limit}, got {max_tokens}", param)
+        if req.stream and top is not None:
+            raise bad("logprobs are not streamed; ask without 'stream'", "logprobs", "unsupported_parameter")
+        features = getattr(policy, "sampling_features", frozenset())
+        asked = {"top_k": req.top_k not in (None, 0, -1), "min_p": bool(req.min_p),
+                 "stop_token_ids": bool(req.stop_token_ids), top_param: bool(top)}
+        for name, used in asked.items():
+            feature = "top_logprobs" if name == top_param else name
+            if used and feature not in features:
+                raise bad(f"parameter {name!r} is not supported by this model's backend "
+                          f"({type(policy).__name__})", name, "unsupported_parameter")
+        return cls(req, chat, prompts, max_tokens, top, uuid.uuid4().hex, int(time.time()))
+
+    def given_sampling(self) -> list[str]:
+        return [f for f in SAMPLING_FIELDS if getattr(self.req, f, None) is not None]
+
+    def params(self, max_tokens: int, default_stop: tuple[str, ...], n: Optional[int] = None) -> SamplingParams:
+        r = self.req
+        stop = r.stops()
+        return SamplingParams(
+            n=self.n if n is None else n,
+            temperature=1.0 if r.temperature is None else float(r.temperature),
+            top_p=1.0 if r.top_p is None else float(r.top_p),
+            max_new_tokens=max_tokens,
+            stop=default_stop if stop is None else stop,
+            seed=r.seed,
+            top_k=max(0, r.top_k or 0),
+            min_p=float(r.min_p or 0.0),
+            stop_token_ids=tuple(r.stop_token_ids or ()),
+            top_logprobs=self.top or 0,
+        )
+
+    # -- answers
+
+    @property
+    def _id(self) -> str:
+        return ("chatcmpl-" if self.chat else "cmpl-") + self.rid
+
+    def response(self, choices: list[Choice], usage: tuple[int, int]) -> Any:
+        prompt_tokens, completion_tokens = usage
+        counts = s.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         total_tokens=prompt_tokens + completion_tokens)
+        if self.chat:
+            return s.ChatCompletion(id=self._id, created=self.created, model=self.model, usage=counts, choices=[
+                s.ChatChoice(index=i, message=s.AssistantMessage(content=c.text), finish_reason=c.finish_reason,
+                             logprobs=c.logprobs) for i, c in enumerate(choices)])
+        return s.TextCompletion(id=self._id, created=self.created, model=self.model, usage=counts, choices=[
+            s.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason, logprobs=c.logprobs)
+            for i, c in enumerate(choices)])
+
+    def _chunk(self, choices: list[dict], usage: Optional[dict] = None) -> dict:
+        body = {"id": self._id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices}
+        if self.include_usage:
+            body["usage"] = usage
+        return body
+
+    def start_chunks(self) -> list[str]:
+        """Chat streams open each choice with its role."""
+        if not self.chat:
+            return []
+        return [event(self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}])) for i in range(self.n * len(self.prompts))]
+
+    def chunk(self, index: int, text: Optional[str], finish_reason: Optional[str] = None) -> dict:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return self._chunk([choice])
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict:
+        return self._chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                "total_tokens": prompt_tokens + completion_tokens})
