@@ -534,3 +534,24 @@ def test_cli_serve_port_in_use_is_one_clean_error(server, tiny_model_dir, capsys
     code = main(["serve", "--model", str(tiny_model_dir), "--port", str(port)])
     printed = " ".join(capsys.readouterr().out.split())
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in printed and "Traceback" not in printed
+
+
+def test_retry_with_binary_feedback_only_with_reference_problems(policy):
+    from sharpen.models.formats import WRONG_FEEDBACK, as_messages
+    from sharpen.tasks import get_task
+
+    task = get_task("addition")
+    problem = task.problems("eval", 20, 0)[3]
+    with make_server(policy, port=0, references="eval:20", max_tokens_limit=16) as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
+        listed = {m.id: m.model_extra["description"] for m in c.models.list().data}
+        assert "reference answer" in listed["retry-3/default"] and "20 reference problems" in listed["retry-3/default"]
+        before = len(policy.prompts)
+        r = c.chat.completions.create(model="retry-3/default", messages=as_messages(problem.prompt), temperature=1.0)
+        seen = policy.prompts[before:]
+        answered_right = task.check(problem, r.choices[0].message.content).correct
+        # binary feedback: a wrong first attempt is told WRONG_FEEDBACK; a right one stops
+        assert (len(seen) == 1 and answered_right) or WRONG_FEEDBACK in json.dumps(seen[1])
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(model="retry-3/default", messages=[{"role": "user", "content": "not a problem"}])
+        assert info.value.body["param"] == "messages" and "reference problems" in info.value.body["message"]

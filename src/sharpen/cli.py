@@ -148,8 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         server = make_server(policy, host=args.host, port=args.port, model_name=args.model_name or args.model,
                              task=args.task, max_n=args.max_n, max_tokens_limit=args.max_tokens_limit,
-                             api_key=api_key)
-    except ServeError as err:
+                             api_key=api_key, references=args.references)
+    except (ServeError, ValueError) as err:
         raise CliError(str(err)) from None
     key_note = " (API key required)" if api_key else ""
     console.print(f"serving {server.model_name!r} at {server.url}{key_note} (Ctrl-C to stop)", highlight=False)
@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens per request")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but "
                    "/health (default: the SHARPEN_API_KEY environment variable; none: open)")
+    p.add_argument("--references", default=None, metavar="SPLIT:N",
+                   help="the task's problems whose reference answers retry with binary feedback may read "
+                   "(e.g. eval:500); without it, retry is served only as retry-T:none")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_serve)
 

@@ -30,7 +30,8 @@ from sharpen.models.base import SamplingParams
 from sharpen.serving import schemas as s
 from sharpen.serving.errors import APIError, bad, validation_error
 from sharpen.serving.logprobs import openai_logprobs
-from sharpen.serving.model_names import model_cards, resolve
+from sharpen.models.formats import question_text
+from sharpen.serving.model_names import model_cards, needs_reference, resolve
 from sharpen.serving.streaming import DONE, TextDeltas, event
 from sharpen.serving.worker import Worker
 from sharpen.strategies.base import StrategyResult
@@ -55,6 +56,9 @@ class ServeSettings:
     max_body_bytes: int = 1_000_000
     batch_window: float = 0.005
     api_key: Optional[str] = None
+    references: Optional[str] = None
+    """"SPLIT:N": the task's first N problems of SPLIT (seed 0), whose reference answers retry with
+    binary feedback may read when a request's last user message is one of their questions."""
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -133,6 +137,7 @@ def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
         return task_cache["task"]
 
     get_task()  # an unknown task fails at start-up, not on the first request
+    references = reference_problems(get_task(), settings.references)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -170,7 +175,7 @@ def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
 
     @app.get("/v1/models", response_model=s.ModelList, responses=ERRORS)
     async def models() -> Response:
-        cards = [s.ModelCard(**card) for card in model_cards(settings.model_name)]
+        cards = [s.ModelCard(**card) for card in model_cards(settings.model_name, len(references))]
         return _json(s.ModelList(data=cards))
 
     @app.post("/v1/chat/completions", response_model=s.ChatCompletion, responses=ERRORS)
@@ -200,7 +205,8 @@ def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
     async def complete(req: AnyRequest, chat: bool) -> Response:
         req.refuse_non_neutral()
         plan = Plan.of(req, chat, settings, policy)
-        strategy = resolve(req.model, served=settings.model_name, max_n=settings.max_n, n=req.n)
+        strategy = resolve(req.model, served=settings.model_name, max_n=settings.max_n, n=req.n,
+                           references=bool(references))
         if strategy is None:
             if req.stream:
                 return _stream(plain_stream(plan))
@@ -303,7 +309,16 @@ def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
             raise bad(f"model {plan.model!r}: {err}", "model") from None
         prompt = plan.prompts[0]
         rid = uuid.uuid4().hex
-        problems = [Problem(id=f"serve/{rid}/{i}", prompt=prompt) for i in range(plan.n)]  # the whole conversation
+        answer = None
+        if needs_reference(name, options):
+            known = references.get(question_text(prompt))
+            if known is None:
+                where = "messages" if plan.chat else "prompt"
+                raise bad(f"model {plan.model!r} reads the reference answer, and the question is not one of this "
+                          f"server's {len(references)} reference problems", where)
+            answer = known.answer
+        # the whole conversation, with the reference answer where one was looked up
+        problems = [Problem(id=f"serve/{rid}/{i}", prompt=prompt, answer=answer) for i in range(plan.n)]
 
         async def run() -> tuple[list[Choice], tuple[int, int]]:
             results, prompt_tokens = await worker.call(lambda: (strategy(problems), worker.prompt_tokens(prompt)))
@@ -329,6 +344,16 @@ def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
         yield DONE
 
     return app
+
+
+def reference_problems(task: Task, spec: Optional[str]) -> dict[str, Problem]:
+    """question text -> problem for "SPLIT:N" (see ServeSettings.references); {} for None."""
+    if not spec:
+        return {}
+    split, _, count = spec.rpartition(":")
+    if not split or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"references {spec!r} must read SPLIT:N, e.g. 'eval:500'")
+    return {question_text(p.prompt): p for p in task.problems(split, int(count), 0)}
 
 
 def from_list(events: list[str]) -> str:

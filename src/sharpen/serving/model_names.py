@@ -7,9 +7,11 @@ A strategy spec follows `sharpen.strategies.registry`'s grammar, parsed without 
 load user code: a request may name only registered strategies and signals (a spec such as
 `best_of_n-1:/some/file.py:f` is a 400 and nothing is imported).
 
-Retry with binary feedback reads each problem's reference answer; a served request has none,
-so `retry` is served only with feedback "none" (a neutral "try again"); `self_refine` checks
-with the model's own verification. /v1/models says which.
+Retry with binary feedback reads each problem's reference answer. A request carries none, so it
+is listed and served only by a server started with reference problems (`--references
+SPLIT:N`: the task's problems, looked up by the request's last user message); otherwise retry
+is served with feedback "none" (a neutral "try again") and `self_refine` checks with the
+model's own verification. /v1/models says which.
 """
 
 from __future__ import annotations
@@ -29,9 +31,19 @@ LISTED_STRATEGIES = {
 """Examples /v1/models lists (any spec of the grammar is served, within the work limit)."""
 
 
-def model_cards(served: str) -> list[dict]:
+def model_cards(served: str, references: int = 0) -> list[dict]:
+    """/v1/models' entries; `references`: how many reference problems the server can look up."""
     cards = [{"id": served, "description": "plain sampling"}]
-    return cards + [{"id": f"{spec}/{served}", "description": text} for spec, text in LISTED_STRATEGIES.items()]
+    cards += [{"id": f"{spec}/{served}", "description": text} for spec, text in LISTED_STRATEGIES.items()]
+    if references:
+        cards.append({"id": f"retry-3/{served}", "description": "strategy: up to 3 attempts with binary feedback "
+                      f"from the reference answer (only for the server's {references} reference problems)"})
+    return cards
+
+
+def needs_reference(name: str, options: dict[str, Any]) -> bool:
+    """Whether the strategy reads problems' reference answers (retry with binary feedback)."""
+    return (name == "retry" or options.get("inner") == "retry") and options.get("feedback", "binary") == "binary"
 
 
 def not_found(model: str, served: str, why: str = "") -> APIError:
@@ -40,7 +52,8 @@ def not_found(model: str, served: str, why: str = "") -> APIError:
                     param="model", code="model_not_found")
 
 
-def resolve(model: str, *, served: str, max_n: int, n: int) -> Optional[tuple[str, dict[str, Any]]]:
+def resolve(model: str, *, served: str, max_n: int, n: int,
+            references: bool = False) -> Optional[tuple[str, dict[str, Any]]]:
     """None for the served model, else the strategy (name, options) the model names; raises
     APIError 404 (not a model here) or 400 (a spec this server refuses, or too much work)."""
     if model == served:
@@ -54,9 +67,9 @@ def resolve(model: str, *, served: str, max_n: int, n: int) -> Optional[tuple[st
         if "names user code" in str(err):
             raise bad(f"model {model!r}: {err}", "model", "user_code_refused") from None
         raise not_found(model, served, str(err)) from None
-    if (name == "retry" or options.get("inner") == "retry") and options.get("feedback", "binary") == "binary":
+    if needs_reference(name, options) and not references:
         raise bad(f"model {model!r}: retry with binary feedback reads each problem's reference answer, and a "
-                  f"served request has none; use 'retry-3:none/{served}' (a neutral 'try again') or "
+                  f"request has none (this server was started without --references); use 'retry-3:none/{served}' (a neutral 'try again') or "
                   f"'self_refine-3/{served}' (the model's own verification)", "model")
     work = n
     for value in options.values():

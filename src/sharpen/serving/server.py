@@ -107,9 +107,11 @@ def make_server(
     max_body_bytes: int = 1_000_000,
     batch_window: float = 0.005,
     api_key: Optional[str] = None,
+    references: Optional[str] = None,
 ) -> SharpenServer:
     """A bound (not yet serving) OpenAI-compatible server over `policy`; see ServeSettings for
     the options. Raises ServeError when the address cannot be bound."""
     settings = ServeSettings(model_name=model_name, task=task, max_n=max_n, max_tokens_limit=max_tokens_limit,
-                             max_body_bytes=max_body_bytes, batch_window=batch_window, api_key=api_key)
+                             max_body_bytes=max_body_bytes, batch_window=batch_window, api_key=api_key,
+                             references=references)
     return SharpenServer(policy, settings, host=host, port=port)
