@@ -8,11 +8,13 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from sharpen.models.base import Completion  # noqa: E402
 from sharpen.serving import make_server  # noqa: E402
+from sharpen.serving.schemas import NEUTRAL  # noqa: E402
 
-EXAMPLES = 40
+EXAMPLES = 30
 
 
 class Echo:
@@ -29,6 +31,28 @@ def served():
     with make_server(Echo(), port=0, max_n=8, max_tokens_limit=16, max_body_bytes=50_000, batch_window=0.0) as srv:
         base = srv.url.removesuffix("/v1")
         yield base, schemathesis.openapi.from_url(base + "/openapi.json")
+
+
+MODELS = ["default", "self_consistency-2/default", "best_of_n-2:majority_vote/default", "debate-2x1/default"]
+UNSUPPORTED_HERE = ("top_k", "min_p", "stop_token_ids", "top_logprobs", "logprobs", "response_format")
+"""Parameters the Echo backend (or a strategy) refuses, left out of "mended" cases."""
+
+
+def _mend(case, model: str) -> None:
+    """Steer a schema-valid body towards one the server answers with 200: a served model, a
+    user message, no unimplemented or backend-specific parameters, small n and max_tokens."""
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    body["model"] = model
+    for name in (*NEUTRAL, *UNSUPPORTED_HERE, "max_completion_tokens"):
+        body.pop(name, None)
+    if isinstance(body.get("messages"), list):
+        body["messages"].append({"role": "user", "content": "1+1="})
+    body["n"] = min(body.get("n", 1), 2)
+    body["max_tokens"] = min(body.get("max_tokens") or 4, 8)
+    if isinstance(body.get("prompt"), list):
+        body["prompt"] = body["prompt"][:1]
 
 
 def _check(response) -> None:
@@ -52,10 +76,18 @@ def test_no_5xx_and_every_4xx_in_openai_shape(served, path, method, mode):
     operation = schema[path][method]
     strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
 
+    statuses: list[int] = []
+
     @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(case=strategy)
-    def run(case) -> None:
-        _check(case.call(base_url=base, timeout=30))
+    @given(case=strategy, mend=st.booleans(), model=st.sampled_from(MODELS))
+    def run(case, mend, model) -> None:
+        if mend and mode == "positive":
+            _mend(case, model)
+        response = case.call(base_url=base, timeout=30)
+        statuses.append(response.status_code)
+        _check(response)
 
     run()
+    if mode == "positive" and method == "POST":  # generation itself was exercised, not only refusals
+        assert statuses.count(200) >= EXAMPLES // 5, statuses
