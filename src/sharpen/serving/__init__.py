@@ -8,7 +8,8 @@ A request's `model` is the served model's name (plain sampling) or `STRATEGY/NAM
 `self_consistency-8/default`: the strategy answers the whole conversation (system prompt and
 history reach every call it makes). Modules: schemas (request and response bodies), worker
 (the policy's one owner, batching), model_names (what a model name may name), streaming,
-logprobs, app (routes and errors), server (socket and uvicorn).
+logprobs, plan (a checked request and its answers), app (routes and errors), server
+(socket and uvicorn).
 """
 
 from sharpen.serving.app import ServeSettings, build_app
