@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sharpen.models import SamplingParams
 from sharpen.models.embedded import ConversationEncoder, build_tokenizer, corrupt, ensure_default_model, model_dir
 from sharpen.models.formats import WRONG_FEEDBACK, judge_messages, pairwise_messages, retry_messages
-from sharpen.models.hf import top_p_filter
+from sharpen.models.hf import min_p_filter, top_k_filter, top_p_filter
 
 PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [WRONG_FEEDBACK])]
 
@@ -141,6 +141,32 @@ def test_top_p_filter_keeps_the_nucleus():
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
     assert top_p_filter(logits, 0.81).isfinite().tolist() == [[True, True, True, False]]
     assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_top_k_and_min_p_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert top_k_filter(logits, 2).isfinite().tolist() == [[True, True, False, False]]
+    assert torch.equal(top_k_filter(logits, 0), logits)
+    assert min_p_filter(logits, 0.3).isfinite().tolist() == [[True, True, True, False]]  # 0.15 >= 0.3 * 0.5
+    assert min_p_filter(logits, 0.7).isfinite().tolist() == [[True, False, False, False]]
+    assert torch.equal(min_p_filter(logits, 0.0), logits)
+
+
+def test_on_token_sees_every_token_and_top_logprobs_hold_the_sampled_one(tiny_policy):
+    seen: dict = {}
+    params = SamplingParams(n=2, max_new_tokens=6, seed=4, top_logprobs=4, top_k=50)
+    groups = tiny_policy.generate(PROMPTS[:2], params, on_token=lambda row, t: seen.setdefault(row, []).append(t))
+    flat = [c for g in groups for c in g]
+    assert [tuple(seen[row]) for row in range(len(flat))] == [c.token_ids for c in flat]
+    for c in flat:
+        assert len(c.top_logprobs) == len(c.token_ids)
+        for token, logprob, top in zip(c.token_ids, c.logprobs, c.top_logprobs):
+            values = [v for _, v in top]
+            assert len(top) == 4 and values == sorted(values, reverse=True)
+            if token in dict(top):
+                assert dict(top)[token] == pytest.approx(logprob)
+            else:
+                assert logprob <= values[-1] + 1e-6
 
 
 def test_choice_logprobs_and_self_certainty_match_a_forward_pass(tiny_policy):

@@ -1,5 +1,5 @@
-"""`sharpen serve`: the OpenAI-compatible server on loopback, driven by the official client
-and by `sharpen compare` through the HTTP backend."""
+"""`sharpen serve`: the OpenAI-compatible server (uvicorn on a loopback port), driven by the
+official client, by raw HTTP and by `sharpen compare` through the HTTP backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from sharpen.serve import make_server
+from sharpen.serving import ServeError, make_server
 
 openai = pytest.importorskip("openai")
 
@@ -23,13 +23,15 @@ class CountingPolicy:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.calls: list[int] = []
+        self.prompts: list = []  # every prompt of every generate call
         self.tokens = 0
         self.lock = threading.Lock()
 
-    def generate(self, prompts, params):
-        groups = self.inner.generate(prompts, params)
+    def generate(self, prompts, params, **kwargs):
+        groups = self.inner.generate(prompts, params, **kwargs)
         with self.lock:
             self.calls.append(len(prompts))
+            self.prompts.extend(prompts)
             self.tokens += sum(c.n_tokens for group in groups for c in group)
         return groups
 
@@ -46,13 +48,8 @@ def policy(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(policy):
-    srv = make_server(policy, port=0, max_n=8, max_tokens_limit=32, max_body_bytes=20_000, batch_window=0.05)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=10)
+    with make_server(policy, port=0, max_n=8, max_tokens_limit=32, max_body_bytes=20_000, batch_window=0.05) as srv:
+        yield srv
 
 
 @pytest.fixture()
@@ -66,9 +63,15 @@ def test_binds_loopback(server):
 
 
 def test_models_lists_base_and_strategies(client):
-    ids = [m.id for m in client.models.list().data]
+    models = client.models.list().data
+    ids = [m.id for m in models]
     assert ids[0] == "default"
     assert "self_consistency-8/default" in ids and "debate-3x2/default" in ids
+    # retry with binary feedback needs reference answers a served request lacks: not listed
+    assert "retry-3/default" not in ids and "retry-3:none/default" in ids
+    descriptions = {m.id: m.model_extra["description"] for m in models}
+    assert "own verification" in descriptions["self_refine-2/default"]
+    assert "no reference answer" in descriptions["retry-3:none/default"]
 
 
 def test_chat_plain_n(client):
@@ -134,17 +137,14 @@ def test_completions_logprobs_zero(client):
     assert sum(len(c.logprobs.token_logprobs) for c in r.choices) == r.usage.completion_tokens
 
 
-def test_logprob_alternatives_and_strategy_logprobs_are_400(client):
-    chat = dict(model="default", messages=[{"role": "user", "content": "1+1="}])
+def test_strategy_logprobs_and_retry_with_binary_feedback_are_400(client):
+    chat = dict(model="self_consistency-2/default", messages=[{"role": "user", "content": "1+1="}])
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(**chat, logprobs=True, top_logprobs=3)
-    assert info.value.body["param"] == "top_logprobs" and info.value.body["code"] == "unsupported_parameter"
-    with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model="default", prompt="1+1=", logprobs=2)
-    assert info.value.body["param"] == "logprobs" and "only the sampled tokens" in info.value.body["message"]
-    with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(**{**chat, "model": "self_consistency-2/default"}, logprobs=True)
+        client.chat.completions.create(**chat, logprobs=True)
     assert info.value.body["param"] == "logprobs" and "strategy" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**{**chat, "model": "retry-3/default"})
+    assert info.value.body["param"] == "model" and "reference answer" in info.value.body["message"]
 
 
 def test_unknown_model_is_404(client):
@@ -192,6 +192,154 @@ def test_concurrent_requests_are_batched(server, policy):
     assert len(calls) < n_requests
 
 
+# ---- streaming, logprobs, sampling parameters, the conversation ------------------------------
+
+
+CHAT = dict(model="default", messages=[{"role": "user", "content": "12+34="}], max_tokens=8, temperature=1.0)
+
+
+def _streamed(stream) -> tuple[dict, dict, list]:
+    """(text per choice index, finish_reason per index, every chunk) of a streamed answer."""
+    texts: dict = {}
+    finish: dict = {}
+    chunks = list(stream)
+    for chunk in chunks:
+        for c in chunk.choices:
+            piece = c.delta.content if hasattr(c, "delta") else c.text
+            texts[c.index] = texts.get(c.index, "") + (piece or "")
+            if c.finish_reason is not None:
+                finish[c.index] = c.finish_reason
+    return texts, finish, chunks
+
+
+@pytest.mark.parametrize("model", ["default", "self_consistency-3/default"])
+def test_chat_stream_equals_the_answer_for_the_same_seed(client, model):
+    kwargs = {**CHAT, "model": model, "n": 2, "seed": 11}
+    whole = client.chat.completions.create(**kwargs)
+    texts, finish, chunks = _streamed(client.chat.completions.create(**kwargs, stream=True))
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert finish == {c.index: c.finish_reason for c in whole.choices}
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    if model == "default":  # plain models stream tokens as they are sampled: more than one delta per choice
+        deltas = [c for chunk in chunks for c in chunk.choices if c.delta.content]
+        assert len(deltas) > len(whole.choices)
+
+
+@pytest.mark.parametrize("model", ["default", "debate-2x1/default"])
+def test_completions_stream_equals_the_answer_and_reports_usage(client, model):
+    kwargs = dict(model=model, prompt="3+4=", max_tokens=6, temperature=1.0, seed=5, stop=["\n"])
+    whole = client.completions.create(**kwargs)
+    texts, finish, chunks = _streamed(client.completions.create(
+        **kwargs, stream=True, stream_options={"include_usage": True}))
+    assert texts == {0: whole.choices[0].text} and finish == {0: whole.choices[0].finish_reason}
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_top_logprobs_are_sorted_and_the_sampled_logprob_is_the_policys(client, policy):
+    r = client.chat.completions.create(**CHAT, n=2, logprobs=True, top_logprobs=5, seed=3)
+    prompt_ids = policy.encode([{"role": "user", "content": "12+34="}])
+    for choice in r.choices:
+        entries = choice.logprobs.content
+        assert entries
+        for e in entries:
+            values = [t.logprob for t in e.top_logprobs]
+            assert len(values) == 5 and values == sorted(values, reverse=True)
+            assert e.logprob <= values[0] + 1e-6
+            if e.token in [t.token for t in e.top_logprobs]:
+                match = next(t for t in e.top_logprobs if t.token == e.token)
+                assert match.logprob == pytest.approx(e.logprob, abs=1e-5)
+        pieces = {policy.piece(i): i for i in range(len(policy.tokenizer))}  # a tiny vocabulary
+        ids = [pieces[e.token] for e in entries]
+        import torch
+
+        with torch.no_grad():  # the policy's own log-probs of the sampled tokens (temperature 1)
+            scored = policy.score_tokens([prompt_ids], [ids]).logprobs[0].tolist()
+        assert scored == pytest.approx([e.logprob for e in entries], abs=1e-4)
+    r = client.completions.create(model="default", prompt="1+1=", max_tokens=4, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.tokens) and all(len(m) <= 3 for m in lp.top_logprobs)
+
+
+def test_top_k_min_p_and_stop_token_ids_are_honoured(client, policy):
+    greedy = client.completions.create(model="default", prompt="12+34=", max_tokens=6, temperature=0)
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):
+        r = client.completions.create(model="default", prompt="12+34=", max_tokens=6, temperature=1.0, n=3,
+                                      extra_body=extra)
+        assert [c.text for c in r.choices] == [greedy.choices[0].text] * 3, extra
+    first = client.completions.create(model="default", prompt="12+34=", max_tokens=6, temperature=0, logprobs=0)
+    token = policy.tokenizer.convert_tokens_to_ids(policy.tokenizer.tokenize(first.choices[0].logprobs.tokens[0]))
+    cut = client.completions.create(model="default", prompt="12+34=", max_tokens=6, temperature=0,
+                                    extra_body={"stop_token_ids": token[:1]})
+    assert cut.usage.completion_tokens == 1 and cut.choices[0].finish_reason == "stop"
+
+
+def test_finish_reason_is_length_when_the_budget_ends_a_completion(client):
+    for model in ("default", "self_consistency-2/default", "best_of_n-2:likelihood/default"):
+        r = client.chat.completions.create(**{**CHAT, "model": model, "max_tokens": 1})
+        assert r.choices[0].finish_reason == "length", model
+
+
+def test_the_whole_conversation_reaches_every_strategy_call(client, policy):
+    messages = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "1+1="},
+                {"role": "assistant", "content": "2"}, {"role": "user", "content": "12+30="}]
+    for model in ("self_consistency-2/default", "debate-2x2/default", "retry-2:none/default"):
+        before = len(policy.prompts)
+        client.chat.completions.create(model=model, messages=messages, max_tokens=4)
+        seen = policy.prompts[before:]
+        assert seen, model
+        for prompt in seen:
+            assert prompt[: len(messages)] == messages, (model, prompt)
+
+
+def test_a_model_name_cannot_run_a_file(client, tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.py"
+    path.write_text(f"open({str(marker)!r}, 'w').close()\n"
+                    "def f(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    for model in (f"best_of_n-1:{path}:f/default", f"reread+best_of_n-1:{path}:f/default"):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "1+1="}])
+        assert info.value.body["param"] == "model" and "user code" in info.value.body["message"]
+    assert not marker.exists()
+
+
+def test_api_key_is_required_when_set(policy):
+    with make_server(policy, port=0, api_key="s3cret", max_tokens_limit=8) as srv:
+        with pytest.raises(openai.AuthenticationError) as info:
+            openai.OpenAI(base_url=srv.url, api_key="wrong", max_retries=0).models.list()
+        assert info.value.body["code"] == "invalid_api_key"
+        good = openai.OpenAI(base_url=srv.url, api_key="s3cret", max_retries=0)
+        assert good.completions.create(model="default", prompt="1+1=", max_tokens=2).choices
+        with urllib.request.urlopen(srv.url.removesuffix("/v1") + "/health", timeout=30) as response:
+            assert json.loads(response.read()) == {"status": "ok"}
+
+
+def test_a_backend_without_a_feature_refuses_it():
+    class SamplesOnly:
+        def generate(self, prompts, params):
+            from sharpen.models.base import Completion
+
+            return [[Completion("7", (1,), (0.0,), "stop")] * params.n for _ in prompts]
+
+    with make_server(SamplesOnly(), port=0) as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
+        assert c.completions.create(model="default", prompt="3+4=").choices[0].text == "7"
+        texts, _, _ = _streamed(c.completions.create(model="default", prompt="3+4=", stream=True))
+        assert texts == {0: "7"}  # streamed whole: the backend reports no tokens as it samples
+        for extra in ({"top_k": 5}, {"min_p": 0.1}, {"stop_token_ids": [3]}):
+            with pytest.raises(openai.BadRequestError) as info:
+                c.completions.create(model="default", prompt="3+4=", extra_body=extra)
+            assert info.value.body["param"] == next(iter(extra)) and "SamplesOnly" in info.value.body["message"]
+
+
+def test_bind_failure_is_one_clear_error(server):
+    with pytest.raises(ServeError, match=r"cannot listen on 127.0.0.1:99999: .*port must be 0-65535"):
+        make_server(object(), port=99999)
+    host, port = server.server_address
+    with pytest.raises(ServeError, match=rf"cannot listen on 127.0.0.1:{port}: .*in use"):
+        make_server(object(), port=port)
+
+
 # ---- malformed requests over plain urllib ---------------------------------------------------
 
 
@@ -228,9 +376,16 @@ BAD_FIELDS = [
     ("temperature", "hot"), ("temperature", -1), ("temperature", 1e309), ("temperature", 10**400),
     ("top_p", 0), ("top_p", 2), ("top_p", [1]), ("max_tokens", 0), ("max_tokens", "5"), ("max_tokens", 10**9),
     ("max_tokens", 2.5), ("stop", 3), ("stop", [1, 2]), ("stop", ["x"] * 100), ("seed", "s"), ("seed", -1),
-    ("seed", 1.5), ("stream", True), ("model", "self_consistency-0/default"), ("model", "debate-64x64/default"),
+    ("seed", 1.5), ("stream", "yes"), ("model", "self_consistency-0/default"), ("model", "debate-64x64/default"),
     ("logprobs", 1), ("logprobs", "yes"), ("top_logprobs", -1), ("top_logprobs", 21), ("top_logprobs", "3"),
+    ("presence_penalty", 0.5), ("frequency_penalty", 1.0), ("repetition_penalty", 1.2), ("logit_bias", {"5": 3}),
+    ("response_format", {"type": "json_object"}), ("min_tokens", 3), ("tools", [{"type": "function"}]),
+    ("top_k", -2), ("min_p", 2), ("stop_token_ids", [-1]), ("model", "best_of_n-1:/tmp/x.py:f/default"),
 ]
+NAMED = {"model", "n", "temperature", "top_p", "max_tokens", "seed", "presence_penalty", "frequency_penalty",
+         "repetition_penalty", "logit_bias", "response_format", "min_tokens", "tools", "top_k", "min_p",
+         "top_logprobs", "logprobs", "stream"}
+"""Parameters whose refusal must name them (param == field)."""
 
 
 def test_fuzz_malformed_requests_get_4xx_error_shape(server):
@@ -239,7 +394,10 @@ def test_fuzz_malformed_requests_get_4xx_error_shape(server):
             _assert_error_shape(*_post(server, path, raw))
     for field, value in BAD_FIELDS:
         body = {**CHAT_OK, field: value}
-        _assert_error_shape(*_post(server, "/chat/completions", json.dumps(body).encode()))
+        status, answer = _post(server, "/chat/completions", json.dumps(body).encode())
+        _assert_error_shape(status, answer)
+        if field in NAMED:
+            assert answer["error"]["param"] == field, (field, value, answer)
     rng = random.Random(0)
     junk = [None, 0, -5, 1e300, "", "x", [], {}, [None], {"a": 1}, True, 10**30]
     fields = ["model", "messages", "prompt", "n", "temperature", "top_p", "max_tokens", "stop", "seed"]
@@ -265,21 +423,23 @@ def test_body_too_large_is_413(server):
     _assert_error_shape(status, answer)
 
 
-def test_raw_socket_garbage_and_unknown_routes(server):
+def test_unknown_routes_and_methods_and_raw_garbage(server):
     status, answer = _post(server, "/nowhere", b"{}")
     assert status == 404
     _assert_error_shape(status, answer)
-    host, port = server.server_address[:2]
-    for raw in (b"GARBAGE\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n",
-                b"POST /v1/completions HTTP/1.1\r\nContent-Length: abc\r\n\r\n"):
-        with socket.create_connection((host, port), timeout=30) as sock:
+    request = urllib.request.Request(server.url + "/chat/completions", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    assert info.value.code == 405
+    _assert_error_shape(405, json.loads(info.value.read()))
+    host, port = server.server_address
+    for raw in (b"GARBAGE\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nContent-Length: abc\r\n\r\n"):
+        with socket.create_connection((host, port), timeout=30) as sock:  # uvicorn's HTTP parser answers
             sock.sendall(raw)
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
-        head, _, payload = data.partition(b"\r\n\r\n")
-        status = int(head.split()[1])
-        _assert_error_shape(status, json.loads(payload))
+        assert 400 <= int(data.split()[1]) < 500
 
 
 def test_server_error_is_500_with_shape():
@@ -287,14 +447,8 @@ def test_server_error_is_500_with_shape():
         def generate(self, prompts, params):
             raise RuntimeError("secret internals")
 
-    srv = make_server(Broken(), port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with make_server(Broken(), port=0) as srv:
         status, body = _post(srv, "/completions", json.dumps({"model": "default", "prompt": "x"}).encode())
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert status == 500
     assert body["error"]["type"] == "server_error" and "secret" not in body["error"]["message"]
 
@@ -371,3 +525,33 @@ def test_cli_has_serve():
 
     args = build_parser().parse_args(["serve", "--model", "default", "--port", "0", "--task", "addition"])
     assert args.host == "127.0.0.1" and args.port == 0 and args.func.__name__ == "cmd_serve"
+
+
+def test_cli_serve_port_in_use_is_one_clean_error(server, tiny_model_dir, capsys):
+    from sharpen.cli import main
+
+    _, port = server.server_address
+    code = main(["serve", "--model", str(tiny_model_dir), "--port", str(port)])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert code == 1 and f"cannot listen on 127.0.0.1:{port}" in printed and "Traceback" not in printed
+
+
+def test_retry_with_binary_feedback_only_with_reference_problems(policy):
+    from sharpen.models.formats import WRONG_FEEDBACK, as_messages
+    from sharpen.tasks import get_task
+
+    task = get_task("addition")
+    problem = task.problems("eval", 20, 0)[3]
+    with make_server(policy, port=0, references="eval:20", max_tokens_limit=16) as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
+        listed = {m.id: m.model_extra["description"] for m in c.models.list().data}
+        assert "reference answer" in listed["retry-3/default"] and "20 reference problems" in listed["retry-3/default"]
+        before = len(policy.prompts)
+        r = c.chat.completions.create(model="retry-3/default", messages=as_messages(problem.prompt), temperature=1.0)
+        seen = policy.prompts[before:]
+        answered_right = task.check(problem, r.choices[0].message.content).correct
+        # binary feedback: a wrong first attempt is told WRONG_FEEDBACK; a right one stops
+        assert (len(seen) == 1 and answered_right) or WRONG_FEEDBACK in json.dumps(seen[1])
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(model="retry-3/default", messages=[{"role": "user", "content": "not a problem"}])
+        assert info.value.body["param"] == "messages" and "reference problems" in info.value.body["message"]

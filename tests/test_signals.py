@@ -487,7 +487,7 @@ def user_file(tmp_path):
 
 def test_user_function_gets_flat_lists_and_columns(user_file):
     spec = f"{user_file}:closeness"
-    signal = build_signal(spec, task=TASK, scale=10.0)
+    signal = build_signal(spec, task=TASK, user_code=True, scale=10.0)
     problems = [
         Problem("p0", "12+30=", answer="42", metadata={"level": 1}),
         Problem("p1", "3+4=", answer="7", metadata={}),
@@ -503,26 +503,39 @@ def test_user_function_gets_flat_lists_and_columns(user_file):
     assert seen["level"] == [1, 1, None]
     assert seen["kwargs"] == ["completion_ids"]
 
-    reward = Reward.from_specs([(spec, 1.0, {"scale": 2.0}), ("correctness", 0.0)], task=TASK)
+    reward = Reward.from_specs([(spec, 1.0, {"scale": 2.0}), ("correctness", 0.0)], task=TASK, user_code=True)
     assert reward(problems, groups).total == [[3.0, 1.0], [0.0]]
 
 
 def test_user_function_errors_name_the_function(user_file):
     problems, groups = PROBLEMS[:1], [texts("42", "41")]
     with pytest.raises(RewardFunctionError, match=r"too_short.*returned 1 rewards for 2 completions"):
-        build_signal(f"{user_file}:too_short", task=TASK)(problems, groups)
+        build_signal(f"{user_file}:too_short", task=TASK, user_code=True)(problems, groups)
     with pytest.raises(RewardFunctionError, match=r"strings.*returned str"):
-        build_signal(f"{user_file}:strings", task=TASK)(problems, groups)
+        build_signal(f"{user_file}:strings", task=TASK, user_code=True)(problems, groups)
     with pytest.raises(RewardFunctionError, match=r"'[^']*unbounded' returned -inf at index 0; rewards must be finite"):
-        build_signal(f"{user_file}:unbounded", task=TASK)(problems, groups)
+        build_signal(f"{user_file}:unbounded", task=TASK, user_code=True)(problems, groups)
     with pytest.raises(RewardFunctionError, match=r"narrow.*\*\*kwargs"):
-        build_signal(f"{user_file}:narrow", task=TASK)(problems, groups)
+        build_signal(f"{user_file}:narrow", task=TASK, user_code=True)(problems, groups)
     with pytest.raises(RewardFunctionError, match="has no attribute 'missing'"):
-        build_signal(f"{user_file}:missing", task=TASK)
+        build_signal(f"{user_file}:missing", task=TASK, user_code=True)
     with pytest.raises(RewardFunctionError, match="nope.py' not found"):
-        build_signal(f"{user_file.parent / 'nope.py'}:f", task=TASK)
+        build_signal(f"{user_file.parent / 'nope.py'}:f", task=TASK, user_code=True)
     with pytest.raises(RewardFunctionError, match="no module 'no_such_module_xyz'"):
-        build_signal("no_such_module_xyz:f", task=TASK)
+        build_signal("no_such_module_xyz:f", task=TASK, user_code=True)
+
+
+def test_user_code_needs_explicit_permission(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.py"
+    path.write_text(f"open({str(marker)!r}, 'w').close()\ndef f(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    with pytest.raises(UnknownSignalError, match="names user code, which only a config file or the command line"):
+        build_signal(f"{path}:f", task=TASK)
+    with pytest.raises(UnknownSignalError, match="names user code"):
+        Reward.from_specs([(f"{path}:f", 1.0)], task=TASK)
+    assert not marker.exists()
+    build_signal(f"{path}:f", task=TASK, user_code=True)
+    assert marker.exists()  # the check above can tell
 
 
 def test_user_function_from_a_module(tmp_path, monkeypatch):
@@ -530,7 +543,7 @@ def test_user_function_from_a_module(tmp_path, monkeypatch):
         "def length(prompts, completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    signal = build_signal("signals_test_rewards:length", task=TASK)
+    signal = build_signal("signals_test_rewards:length", task=TASK, user_code=True)
     assert signal.name == "signals_test_rewards:length"
     assert signal(PROBLEMS, [texts("abc", ""), texts("de")]) == [[3.0, 0.0], [2.0]]
 

@@ -305,7 +305,6 @@ def test_strategies_run_on_a_registered_task():
         ("self_consistency-16x4", ("self_consistency", {"n": 16, "window": 4})),
         ("debate-3x2", ("debate", {"agents": 3, "rounds": 2})),
         ("best_of_n-8:self_certainty", ("best_of_n", {"n": 8, "signal": "self_certainty"})),
-        ("best_of_n-4:rewards.py:short", ("best_of_n", {"n": 4, "signal": "rewards.py:short"})),
         ("retry-3", ("retry", {"turns": 3})),
         ("retry-3:none", ("retry", {"turns": 3, "feedback": "none"})),
         ("self_refine-2", ("self_refine", {"rounds": 2})),
@@ -320,6 +319,15 @@ def test_parse_strategy_spec(spec, expected):
 def test_every_strategy_has_a_spec_and_bare_reread_reads():
     assert list(SPEC_ARGS) == list(STRATEGIES)
     assert parse_strategy_spec("reread") == ("reread", {})
+
+
+def test_user_code_in_a_spec_needs_permission():
+    with pytest.raises(StrategySpecError, match="names user code, which only a config file or the command line"):
+        parse_strategy_spec("best_of_n-4:rewards.py:short")
+    with pytest.raises(StrategySpecError, match="names user code"):
+        parse_strategy_spec("reread+best_of_n-4:/some/file.py:f")
+    assert parse_strategy_spec("best_of_n-4:rewards.py:short", user_code=True) == (
+        "best_of_n", {"n": 4, "signal": "rewards.py:short", "user_code": True})
 
 
 @pytest.mark.parametrize(

@@ -183,7 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if not specs:
         raise CliError(f"--strategies {args.strategies!r} names no strategy, e.g. single,self_consistency-8")
     for spec in specs:  # before the model loads
-        check_strategy(*parse_strategy_spec(spec))
+        check_strategy(*parse_strategy_spec(spec, user_code=True))  # specs from the user's command line
     policy = load_policy(args.model, seed=args.seed)
     comparison = compare_strategies(policy, task, specs, problems=args.problems, seed=args.seed,
                                     budget=args.budget)
@@ -220,16 +220,21 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
     from sharpen.models import load_policy
-    from sharpen.serve import make_server
+    from sharpen.serving import ServeError, make_server
 
     policy = load_policy(args.model, seed=args.seed)
+    api_key = args.api_key or os.environ.get("SHARPEN_API_KEY") or None
     try:
         server = make_server(policy, host=args.host, port=args.port, model_name=args.model_name or args.model,
-                             task=args.task, max_n=args.max_n, max_tokens_limit=args.max_tokens_limit)
-    except OSError as err:
-        raise CliError(f"cannot listen on {args.host}:{args.port}: {err}") from None
-    console.print(f"serving {server.model_name!r} at {server.url} (Ctrl-C to stop)", highlight=False)
+                             task=args.task, max_n=args.max_n, max_tokens_limit=args.max_tokens_limit,
+                             api_key=api_key, references=args.references)
+    except (ServeError, ValueError) as err:
+        raise CliError(str(err)) from None
+    key_note = " (API key required)" if api_key else ""
+    console.print(f"serving {server.model_name!r} at {server.url}{key_note} (Ctrl-C to stop)", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -321,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="addition", help="task whose answer extraction strategy models use")
     p.add_argument("--max-n", type=int_in(1), default=64, help="largest n per request")
     p.add_argument("--max-tokens-limit", type=int_in(1), default=1024, help="largest max_tokens per request")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but "
+                   "/health (default: the SHARPEN_API_KEY environment variable; none: open)")
+    p.add_argument("--references", default=None, metavar="SPLIT:N",
+                   help="the task's problems whose reference answers retry with binary feedback may read "
+                   "(e.g. eval:500); without it, retry is served only as retry-T:none")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_serve)
 

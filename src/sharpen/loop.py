@@ -86,7 +86,7 @@ class RewardConfig(ConfigModel):
     def config_problems(self) -> Iterator[tuple[Location, str]]:
         yield from super().config_problems()
         try:
-            check_signal(self.name, self.options)
+            check_signal(self.name, self.options, user_code=True)
         except (UnknownSignalError, RewardFunctionError) as error:
             yield ("name",), str(error)
         except SignalOptionError as error:
@@ -287,7 +287,7 @@ class Trainer:
         self.policy = load_policy(cfg.model, device=cfg.device, seed=cfg.seed, progress=progress)
         self.max_new_tokens = cfg.sampling.max_new_tokens or self.task.max_new_tokens
         self.reward = Reward.from_specs(
-            [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy
+            [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy, user_code=True  # the user's config
         )
         sampling = Sampling(
             group_size=cfg.sampling.group_size, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,

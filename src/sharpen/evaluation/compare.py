@@ -268,7 +268,7 @@ def compare_strategies(
     # build everything first, so a bad spec fails before any generation
     strategies = []
     for spec in specs:
-        name, options = parse_strategy_spec(spec)
+        name, options = parse_strategy_spec(spec, user_code=True)  # specs from the user's command line
         strategies.append(build_strategy(name, policy=policy, task=task, **options))
 
     batch = task.problems("eval", problems, seed)

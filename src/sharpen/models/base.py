@@ -27,6 +27,14 @@ class SamplingParams:
     """Strings that end a completion; the stop string is not part of the returned text."""
     seed: Optional[int] = None
     """Seed for this call; None draws from the backend's own generator."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only; 0 keeps every token."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below min_p × the top token's; 0 keeps every token."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end a completion like end-of-sequence (kept in token_ids and text)."""
+    top_logprobs: int = 0
+    """Also return, at each generated position, this many most likely tokens with their logprobs."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -37,6 +45,12 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"SamplingParams.min_p must be in [0, 1], got {self.min_p}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"SamplingParams.top_logprobs must be >= 0, got {self.top_logprobs}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,9 @@ class Completion:
     """log π(token | context) of each generated token under the model (temperature 1)."""
     finish_reason: str
     """"stop" (end-of-sequence or a stop string) or "length" (max_new_tokens reached)."""
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
+    """With SamplingParams.top_logprobs = k: for each generated token, the k most likely
+    (token id, logprob) pairs of the distribution its logprob comes from, most likely first."""
 
     @property
     def n_tokens(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -43,6 +43,30 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     mass_before = probs.cumsum(dim=-1) - probs  # (B, V) mass of strictly better tokens
     sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Set logits outside the k largest of each row to -inf (top-k sampling, Fan et al. 2018,
+    "Hierarchical Neural Story Generation"); 0 keeps every token. Ties at the k-th value stay."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Set logits of tokens with p < min_p · max p to -inf (min-p sampling, Nguyen et al. 2024,
+    "Turning Up the Heat: Min-p Sampling"); 0 keeps every token."""
+    if min_p <= 0:
+        return logits
+    logp = logits.log_softmax(-1)  # (B, V)
+    floor = logp.max(-1, keepdim=True).values + math.log(min_p)  # (B, 1)
+    return logits.masked_fill(logp < floor, float("-inf"))
+
+
+TokenCallback = Callable[[int, int], None]
+"""on_token(row, token_id): called once per sampled token, rows numbered as in `generate`'s
+output flattened (prompt i's j-th completion is row i·n + j); a stop ends a row's calls."""
 
 
 class HFPolicy:
@@ -126,8 +150,13 @@ class HFPolicy:
 
     # ---- sampling ------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
-        """For each prompt, `params.n` sampled completions."""
+    sampling_features = frozenset({"top_k", "min_p", "stop_token_ids", "top_logprobs", "on_token"})
+    """What this backend honours beyond the core SamplingParams (the server refuses the rest)."""
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, on_token: Optional[TokenCallback] = None
+    ) -> list[list[Completion]]:
+        """For each prompt, `params.n` sampled completions; `on_token` sees each token as sampled."""
         prompt_ids = [self.encode(p) for p in prompts]
         rows = [ids for ids in prompt_ids for _ in range(params.n)]  # prompt i at rows i*n..i*n+n-1
         generator = self.generator
@@ -135,12 +164,16 @@ class HFPolicy:
             generator = torch.Generator(device="cpu").manual_seed(params.seed)
         flat: list[Completion] = []
         for start in range(0, len(rows), self.max_batch_rows):
-            flat.extend(self.sample_ids(rows[start : start + self.max_batch_rows], params, generator))
+            chunk_callback = None
+            if on_token is not None:
+                chunk_callback = (lambda offset: lambda row, token: on_token(offset + row, token))(start)
+            flat.extend(self.sample_ids(rows[start : start + self.max_batch_rows], params, generator, chunk_callback))
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     @torch.no_grad()
     def sample_ids(
-        self, prompt_ids: list[list[int]], params: SamplingParams, generator: torch.Generator
+        self, prompt_ids: list[list[int]], params: SamplingParams, generator: torch.Generator,
+        on_token: Optional[TokenCallback] = None,
     ) -> list[Completion]:
         """Sample one completion for each row of prompt token ids (left-padded batch)."""
         device = self.device
@@ -150,7 +183,7 @@ class HFPolicy:
         input_ids = torch.tensor([[pad] * (L - len(ids)) + list(ids) for ids in prompt_ids], device=device)  # (B, L)
         mask = torch.tensor([[0] * (L - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)  # (B, L)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
-        eos = torch.tensor(sorted(self.eos_ids), device=device)
+        eos = torch.tensor(sorted(self.eos_ids | set(params.stop_token_ids)), device=device)
 
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **self.last_logits_only)
@@ -162,17 +195,27 @@ class HFPolicy:
         finish = ["length"] * B
         done = torch.zeros(B, dtype=torch.bool)
         texts = [""] * B  # generated text so far, kept only to find stop strings
+        k = params.top_logprobs
+        top: list[list[tuple[tuple[int, float], ...]]] = [[] for _ in range(B)]  # per row, per step
 
         for t in range(params.max_new_tokens):
             logp = logits.log_softmax(-1)  # (B, V) model distribution at temperature 1
             if params.temperature == 0:
                 token = logits.argmax(-1)  # (B,)
             else:
-                scaled = top_p_filter(logits / params.temperature, params.top_p)
+                scaled = min_p_filter(top_k_filter(logits / params.temperature, params.top_k), params.min_p)
+                scaled = top_p_filter(scaled, params.top_p)
                 probs = scaled.softmax(-1).cpu()  # sample on CPU so seeds reproduce across devices
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(device)  # (B,)
             tokens[:, t] = token.cpu()
             logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1).cpu()
+            if k:
+                values, ids = logp.topk(k, dim=-1)  # (B, k) from the distribution logprobs come from
+                for row, (v, i) in enumerate(zip(values.tolist(), ids.tolist())):
+                    top[row].append(tuple(zip(i, v)))
+            if on_token is not None:
+                for row in torch.nonzero(~done).flatten().tolist():
+                    on_token(row, int(token[row]))
             newly = (~done) & torch.isin(token, eos).cpu()  # (B,)
             if params.stop:
                 skip, hits = (done | newly).tolist(), []
@@ -201,8 +244,9 @@ class HFPolicy:
         lps = [row[:n] for row, n in zip(logprobs.tolist(), lengths)]
         decoded = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [
-            Completion(text=cut_at_stop(text, params.stop), token_ids=tuple(i), logprobs=tuple(lp), finish_reason=f)
-            for text, i, lp, f in zip(decoded, ids, lps, finish)
+            Completion(text=cut_at_stop(text, params.stop), token_ids=tuple(i), logprobs=tuple(lp), finish_reason=f,
+                       top_logprobs=tuple(alternatives[:n]))
+            for text, i, lp, f, alternatives, n in zip(decoded, ids, lps, finish, top, lengths)
         ]
 
     def piece(self, token_id: int) -> str:

@@ -2,7 +2,7 @@
 
     signal = build_signal("majority_vote", task=task)
     signal = build_signal("likelihood", task=task, policy=policy, source="policy")
-    signal = build_signal("my_rewards.py:length_penalty", task=task, target=20)
+    signal = build_signal("my_rewards.py:length_penalty", task=task, user_code=True, target=20)
 
 A factory takes the task, the policy (None when there is none) and the signal's options as
 keyword arguments. A new signal is one factory and one entry in SIGNALS.
@@ -74,9 +74,12 @@ def signal_options(factory: SignalFactory) -> list[str]:
     return list(inspect.signature(factory).parameters)[2:]
 
 
-def check_signal(name: str, options: dict[str, Any]) -> None:
+def check_signal(name: str, options: dict[str, Any], *, user_code: bool = False) -> None:
     """Raise UnknownSignalError, SignalOptionError or RewardFunctionError unless `name` (with
-    these option names) is a registered signal or a loadable user function; builds nothing."""
+    these option names) is a registered signal or, with `user_code=True`, a loadable user
+    function; builds nothing. Loading a user function imports (runs) that code, so only a user's
+    own config or command line grants `user_code`; a name from anywhere else (a server request)
+    may name only registered signals."""
     if name in SIGNALS:
         known = signal_options(SIGNALS[name])
         unknown = sorted(set(options) - set(known))
@@ -85,6 +88,11 @@ def check_signal(name: str, options: dict[str, Any]) -> None:
                 f"signal {name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(known) or '(none)'}"
             )
+    elif is_function_spec(name) and not user_code:
+        raise UnknownSignalError(
+            f"signal {name!r} names user code, which only a config file or the command line may load; "
+            f"known signals: {', '.join(sorted(SIGNALS))}"
+        )
     elif is_function_spec(name):
         UserFunction(load_reward_function(name), name=name, options=dict(options))
     else:
@@ -94,10 +102,13 @@ def check_signal(name: str, options: dict[str, Any]) -> None:
         )
 
 
-def build_signal(name: str, *, task: Task, policy: Optional[ScoringPolicy] = None, **options: Any) -> Signal:
-    """The signal registered as `name`, or the user function `name` = "module:function" /
-    "path/to/file.py:function" (whose options become keyword arguments of every call)."""
-    check_signal(name, options)
+def build_signal(
+    name: str, *, task: Task, policy: Optional[ScoringPolicy] = None, user_code: bool = False, **options: Any
+) -> Signal:
+    """The signal registered as `name`, or, with `user_code=True` (see `check_signal`), the user
+    function `name` = "module:function" / "path/to/file.py:function" (whose options become
+    keyword arguments of every call)."""
+    check_signal(name, options, user_code=user_code)
     if name in SIGNALS:
         return SIGNALS[name](task, policy, **options)
     return UserFunction(load_reward_function(name), name=name, options=dict(options))

@@ -142,14 +142,16 @@ class Reward:
 
     @classmethod
     def from_specs(
-        cls, specs: Sequence[SpecLike], *, task: Task, policy: Optional[ScoringPolicy] = None
+        cls, specs: Sequence[SpecLike], *, task: Task, policy: Optional[ScoringPolicy] = None,
+        user_code: bool = False,
     ) -> "Reward":
-        """Build every component's signal from its spec (see `RewardSpec.parse`)."""
+        """Build every component's signal from its spec (see `RewardSpec.parse`); `user_code`
+        lets a spec name a user function (see `build_signal`: a user's own config only)."""
         parsed = [RewardSpec.parse(s) for s in specs]
         if not parsed:
             raise SignalOptionError("a reward needs at least one component, e.g. [('correctness', 1.0)]")
         return cls(
-            [Component(s.name, build_signal(s.name, task=task, policy=policy, **s.options), s.weight) for s in parsed]
+            [Component(s.name, build_signal(s.name, task=task, policy=policy, user_code=user_code, **s.options), s.weight) for s in parsed]
         )
 
     @property

@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional
 
 from sharpen.models.base import Policy, SamplingParams
 from sharpen.signals.base import SignalOptionError
-from sharpen.signals.registry import build_signal
+from sharpen.signals.registry import SIGNALS, build_signal
+from sharpen.signals.user import is_function_spec
 from sharpen.strategies.base import Strategy, StrategyOptionError, StrategySpecError, UnknownStrategyError
 from sharpen.strategies.debate import Debate
 from sharpen.strategies.multiturn import Retry, SelfRefine
@@ -51,12 +52,14 @@ def best_of_n(
     signal_options: Optional[dict[str, Any]] = None,
     allow_oracle: bool = False,
     params: Optional[SamplingParams] = None,
+    user_code: bool = False,
 ) -> Strategy:
-    """Best-of-N with the signal registered as `signal` (built with this policy and task).
+    """Best-of-N with the signal registered as `signal` (built with this policy and task;
+    a user function only with `user_code`, see `build_signal`).
     A signal the policy cannot serve (e.g. self_certainty over HTTP) is a StrategyOptionError."""
     refuse_oracle(signal, allow_oracle)  # before building anything
     try:
-        scorer = build_signal(signal, task=task, policy=policy, **(signal_options or {}))
+        scorer = build_signal(signal, task=task, policy=policy, user_code=user_code, **(signal_options or {}))
     except SignalOptionError as err:
         raise StrategyOptionError(f"strategy 'best_of_n': {err}") from None
     return BestOfN(policy, task, signal=scorer, n=n, params=params, allow_oracle=allow_oracle)
@@ -125,14 +128,17 @@ def check_strategy(name: str, options: dict[str, Any]) -> None:
 _SPEC = re.compile(r"(?P<name>[a-z_]+)(?:-(?P<numbers>\d+(?:x\d+)*))?(?::(?P<word>[A-Za-z0-9_.:/-]+))?")
 
 
-def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+def parse_strategy_spec(spec: str, *, user_code: bool = False) -> tuple[str, dict[str, Any]]:
     """(name, options) for a spec string; see the grammar in this module's docstring.
 
         parse_strategy_spec("debate-3x2") == ("debate", {"agents": 3, "rounds": 2})
+
+    A signal word naming user code ("file.py:function") is refused unless `user_code` (only a
+    user's own config or command line grants it); granted, the options carry `user_code=True`.
     """
     text = spec.strip()
     if text.startswith(REREAD_PREFIX):
-        name, options = parse_strategy_spec(text[len(REREAD_PREFIX) :])
+        name, options = parse_strategy_spec(text[len(REREAD_PREFIX) :], user_code=user_code)
         if name == "reread":
             raise StrategySpecError(f"strategy spec {spec!r}: 'reread+' may appear only once")
         return "reread", {"inner": name, **options}
@@ -159,4 +165,11 @@ def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if word_name is None:
             raise StrategySpecError(f"strategy spec {spec!r}: {name!r} takes no ':word' option")
         options[word_name] = match["word"]
+        if word_name == "signal" and is_function_spec(match["word"]):
+            if not user_code:
+                raise StrategySpecError(
+                    f"strategy spec {spec!r}: signal {match['word']!r} names user code, which only a config "
+                    f"file or the command line may load; known signals: {', '.join(sorted(SIGNALS))}"
+                )
+            options["user_code"] = True
     return name, options
