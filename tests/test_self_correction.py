@@ -222,7 +222,7 @@ def alternating(policy):
             text = answer(prompt if first else prompt[0]["content"]) if right else "1"
             with torch.no_grad():
                 logprobs = policy.score_tokens([policy.encode(prompt)], [ids(text)]).logprobs[0].tolist()
-            out.append([Completion(text, ids(text), tuple(logprobs), "stop")])
+            out.append([Completion(text, ids(text), tuple(logprobs), "stop", tuple(logprobs))])  # T = 1
         return out
     return generate
 

@@ -157,7 +157,8 @@ class HFPolicy:
         cache, logits = getattr(out, self.cache_name), out.logits[:, -1, :].float()  # (B, V)
         next_pos = positions[:, -1] + 1  # (B,)
         tokens = torch.zeros((B, params.max_new_tokens), dtype=torch.long)
-        logprobs = torch.zeros((B, params.max_new_tokens))
+        logprobs = torch.zeros((B, params.max_new_tokens))  # log π(token), temperature 1
+        sampling_logprobs = torch.zeros((B, params.max_new_tokens))  # log μ(token), what was sampled from
         lengths = [params.max_new_tokens] * B
         finish = ["length"] * B
         done = torch.zeros(B, dtype=torch.bool)
@@ -166,11 +167,13 @@ class HFPolicy:
         for t in range(params.max_new_tokens):
             logp = logits.log_softmax(-1)  # (B, V) model distribution at temperature 1
             if params.temperature == 0:
-                token = logits.argmax(-1)  # (B,)
+                token = logits.argmax(-1)  # (B,)  a point mass: log μ = 0, left at 0
             else:
-                scaled = top_p_filter(logits / params.temperature, params.top_p)
+                scaled = top_p_filter(logits / params.temperature, params.top_p)  # (B, V)
                 probs = scaled.softmax(-1).cpu()  # sample on CPU so seeds reproduce across devices
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(device)  # (B,)
+                log_mu = scaled.log_softmax(-1)  # (B, V) the distribution sampled from
+                sampling_logprobs[:, t] = log_mu.gather(-1, token[:, None]).squeeze(-1).cpu()
             tokens[:, t] = token.cpu()
             logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1).cpu()
             newly = (~done) & torch.isin(token, eos).cpu()  # (B,)
@@ -199,10 +202,12 @@ class HFPolicy:
 
         ids = [row[:n] for row, n in zip(tokens.tolist(), lengths)]
         lps = [row[:n] for row, n in zip(logprobs.tolist(), lengths)]
+        mus = [row[:n] for row, n in zip(sampling_logprobs.tolist(), lengths)]
         decoded = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [
-            Completion(text=cut_at_stop(text, params.stop), token_ids=tuple(i), logprobs=tuple(lp), finish_reason=f)
-            for text, i, lp, f in zip(decoded, ids, lps, finish)
+            Completion(text=cut_at_stop(text, params.stop), token_ids=tuple(i), logprobs=tuple(lp), finish_reason=f,
+                       sampling_logprobs=tuple(mu))
+            for text, i, lp, f, mu in zip(decoded, ids, lps, finish, mus)
         ]
 
     def piece(self, token_id: int) -> str:
