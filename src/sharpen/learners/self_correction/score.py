@@ -154,7 +154,8 @@ class Score:
         metrics.update({f"attempt2/{k}": v for k, v in scored2.summary().items()})
         metrics.update(scored1.summary())
         metrics.update(episode_metrics(episodes, 2))
-        metrics.update({"score/stage": float(stage), "unscorable": float((~scorable).sum()), "gen_tokens": float(sum(e.tokens for e in episodes))})
+        metrics.update({"score/stage": float(stage), "unscorable": float((~scorable).sum()),
+                        "gen_tokens": float(sum(e.tokens for e in episodes))})
         rewards = list(zip(r1.reshape(-1).tolist(), r2.reshape(-1).tolist()))  # [episode][attempt]
         return StepOutput(metrics, episode_records(episodes[: ctx.log_completions * G], rewards))
 
