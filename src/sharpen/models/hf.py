@@ -1,7 +1,9 @@
 """A Hugging Face transformers policy: batched sampling and token log-probs, CPU or GPU.
 
 Sampling is a plain cached loop (prefill once, then one token per step with the KV cache)
-that returns each sampled token's log-prob, which the learners need, at the speed of
+that returns each sampled token's log-prob under the model (temperature 1) and under the
+distribution it was drawn from (temperature and top-p applied: the behaviour policy of the
+learners' importance ratios), at the speed of
 `model.generate` (measured at parity on the default model: 54 ms per 16 × 8 completions).
 """
 

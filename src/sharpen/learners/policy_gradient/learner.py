@@ -98,6 +98,12 @@ def reward_range(score_range: Optional[ScoreRange], what: str) -> dict[str, floa
     return {"r_min": float(score_range[0]), "r_max": float(score_range[1])}
 
 
+def takes_range(fn: Callable) -> bool:
+    """Whether a registry entry (estimator or weighting) rescales by the reward's range: its
+    signature names r_min."""
+    return "r_min" in accepted_options(fn, r_min=0.0)
+
+
 def scorable_mask(rollouts: list[Rollout], min_scorable: int = MIN_SCORABLE) -> torch.Tensor:
     """(P, G) bool: True for a scorable completion in a group with ≥ `min_scorable` of them."""
     keep = torch.ones((len(rollouts), len(rollouts[0].completions)), dtype=torch.bool)  # (P, G)
@@ -146,11 +152,10 @@ class PolicyGradient:
 
     def check_ranges(self) -> None:
         """Fail at set-up, not mid-run, when a ranged estimator or weighting lacks a known range."""
-        ranged = lambda f: "r_min" in accepted_options(f, r_min=0.0)  # noqa: E731
         estimator, weighting = get_advantage_estimator(self.cfg.advantage), get_sample_weighting(self.cfg.weighting)
         for name in self.decomposed_names():
             reward_range(self.reward.ranges[name], f"reward component {name!r}")
-        if (ranged(estimator) and not self.decomposed_names()) or ranged(weighting):
+        if (takes_range(estimator) and not self.decomposed_names()) or takes_range(weighting):
             reward_range(self.reward.range, f"the reward {self.reward.weights}")
 
     def advantages(self, rollouts: list[Rollout]) -> torch.Tensor:
@@ -163,13 +168,13 @@ class PolicyGradient:
             parts = torch.tensor(
                 [[[0.0 if v is None else v for v in r.components[n]] for r in rollouts] for n in names],
                 dtype=torch.float64,
-            )  # (C, P, G)  None only where keep is False
+            )  # (C, P, G)  a None makes its completion unscorable, so it is never read
             ranges = [tuple(reward_range(self.reward.ranges[n], n).values()) for n in names]
             weights = [self.reward.weights[n] for n in names]
             return DECOMPOSED_ESTIMATORS[self.cfg.advantage](parts, ranges, weights, mask=keep)
         estimator = get_advantage_estimator(self.cfg.advantage)
         options = {}
-        if "r_min" in accepted_options(estimator, r_min=0.0):
+        if takes_range(estimator):
             options = reward_range(self.reward.range, f"the reward {self.reward.weights}")
         return estimator(rewards, mask=keep, **options)
 
@@ -182,8 +187,8 @@ class PolicyGradient:
         advantages = self.advantages(rollouts).float()  # (P, G)
         rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         weighting = get_sample_weighting(self.cfg.weighting)
-        weight_args = accepted_options(weighting, lam=self.cfg.weighting_lambda, r_min=0.0)
-        if "r_min" in weight_args:
+        weight_args = accepted_options(weighting, lam=self.cfg.weighting_lambda)
+        if takes_range(weighting):
             weight_args.update(reward_range(self.reward.range, f"the reward {self.reward.weights}"))
         P = len(rollouts)
         chunks = [list(range(P))[i :: self.cfg.minibatches] for i in range(self.cfg.minibatches)]
