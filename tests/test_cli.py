@@ -28,7 +28,17 @@ def test_eval_with_task_options(tmp_path, tiny_model_dir):
     code = main(["eval", "--model", str(tiny_model_dir), "--task", "addition", "--task-option", "digits=1",
                  "--problems", "3", "--k", "1", "--json", str(out)])
     assert code == 0
-    assert json.loads(out.read_text())["metrics"]["pass@1"]["value"] >= 0
+    from sharpen.evaluation import evaluate
+    from sharpen.models import load_policy
+    from sharpen.tasks import get_task
+
+    report = json.loads(out.read_text())
+    # the option reached the task: the same evaluation of one-digit addition, done directly
+    direct = evaluate(load_policy(str(tiny_model_dir), seed=0), get_task("addition", digits=1), n_problems=3,
+                      samples=1, ks=[1], temperature=1.0, seed=0, split="eval")
+    assert report["n_problems"] == 3 and report["samples"] == 1
+    assert report["metrics"]["pass@1"]["value"] == direct.metrics["pass@1"].value
+    assert report["tokens_per_problem"] == direct.tokens_per_problem
 
 
 def test_unknown_task_lists_the_known_ones(capsys):

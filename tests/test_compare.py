@@ -185,7 +185,8 @@ def test_cli_compare_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert data["task"] == "addition" and data["n_problems"] == 4
     assert [s["spec"] for s in data["strategies"]] == ["single", "self_consistency-4"]
     for s in data["strategies"]:
-        assert 0 <= s["accuracy"] <= 1 and s["tokens_per_problem"] > 0 and len(s["correct"]) == 4
+        assert len(s["correct"]) == 4 and s["accuracy"] == pytest.approx(sum(s["correct"]) / 4)
+        assert s["tokens_per_problem"] == pytest.approx(sum(s["tokens"]) / 4) and s["tokens_per_problem"] > 0
         assert s["over_budget"] == (s["tokens_per_problem"] > 1)
     sc = data["strategies"][1]
     assert sc["tokens_per_problem"] > data["strategies"][0]["tokens_per_problem"]

@@ -157,39 +157,6 @@ def test_accepted_options_passes_only_what_a_signature_names():
     assert accepted_options(get_preference_loss("dpo"), alpha=0.5) == {}
 
 
-def pg_advantages(advantage: str, rollouts, weights, decompose: bool = True):
-    """PolicyGradient.advantages on made-up rollouts (it reads only the config and the weights)."""
-    from types import SimpleNamespace
-
-    from sharpen.learners.policy_gradient.learner import PolicyGradient, PolicyGradientConfig
-
-    learner = SimpleNamespace(cfg=PolicyGradientConfig(advantage=advantage, decompose=decompose),
-                              reward_weights=weights)
-    return PolicyGradient.advantages(learner, rollouts)
-
-
-def test_policy_gradient_advantages_give_the_range_to_ranged_estimators_and_decompose_bnpo():
-    from sharpen.learners.policy_gradient.advantages import (
-        bnpo_advantages, bnpo_decomposed, grpo_advantages, signed_reward_advantages,
-    )
-
-    rows = [rollout(["a", "b", "c"], [2.0, 0.0, -1.0], [1.0, 0.0, 0.0]),
-            rollout(["d", "e", "f"], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0])]
-    rewards = torch.tensor([r.rewards for r in rows], dtype=torch.float64)
-    one = {"correctness": 1.0}
-    assert torch.equal(pg_advantages("grpo", rows, one), grpo_advantages(rewards))
-    assert torch.equal(pg_advantages("signed", rows, one), signed_reward_advantages(rewards, -1.0, 2.0))
-    assert torch.equal(pg_advantages("bnpo", rows, one), bnpo_advantages(rewards, -1.0, 2.0))
-    for r in rows:
-        r.components["format"] = [0.0, 1.0, 0.5]
-    both = {"correctness": 1.0, "format": 0.2}
-    parts = torch.tensor([[r.components[n] for r in rows] for n in ("correctness", "format")], dtype=torch.float64)
-    assert torch.equal(pg_advantages("bnpo", rows, both), bnpo_decomposed(parts, [(0.0, 1.0), (0.0, 1.0)]))
-    assert torch.equal(pg_advantages("bnpo", rows, both, decompose=False), bnpo_advantages(rewards, -1.0, 2.0))
-    assert torch.equal(pg_advantages("bnpo", rows, {"correctness": 1.0, "format": 0.0}),
-                       bnpo_advantages(rewards, -1.0, 2.0))  # a zero-weight component takes no part
-
-
 def test_lr_schedules_by_name():
     from sharpen.learners.policy_gradient.learner import LR_SCHEDULES, PolicyGradientConfig, lr_factor
 

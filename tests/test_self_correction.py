@@ -201,6 +201,15 @@ def test_shaped_reward_and_advantages_by_hand():
         attempt_advantages(r1, r2[:, :2], 1, 2.0, reinforce_advantages)
 
 
+
+def test_score_leaves_unscorable_episodes_out_of_both_attempts():
+    r1 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    r2 = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
+    keep = torch.tensor([[True, False, True]])  # episode 2 has an unscorable attempt
+    a1, a2 = attempt_advantages(r1, r2, 2, 0.0, reinforce_advantages, keep)
+    assert a1.tolist() == [[0.5, 0.0, -0.5]] and a2.tolist() == [[0.5, 0.0, -0.5]]  # baseline over episodes 1, 3
+
+
 def score_learner(policy, **options) -> Score:
     reward = Reward.from_specs([("correctness", 1.0)], task=TASK, policy=policy)
     ctx = LearnerContext(policy, TASK, reward, InProcessProducer(policy, reward),
@@ -222,7 +231,7 @@ def alternating(policy):
             text = answer(prompt if first else prompt[0]["content"]) if right else "1"
             with torch.no_grad():
                 logprobs = policy.score_tokens([policy.encode(prompt)], [ids(text)]).logprobs[0].tolist()
-            out.append([Completion(text, ids(text), tuple(logprobs), "stop")])
+            out.append([Completion(text, ids(text), tuple(logprobs), "stop", tuple(logprobs))])  # T = 1
         return out
     return generate
 

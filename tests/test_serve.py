@@ -480,7 +480,7 @@ def test_cli_compare_through_the_http_backend(server, policy, tmp_path, capsys, 
     assert data["model"] == f"{server.url}#default" and data["n_problems"] == 3
     assert [s["spec"] for s in data["strategies"]] == specs
     for s in data["strategies"]:
-        assert 0 <= s["accuracy"] <= 1 and len(s["correct"]) == 3
+        assert len(s["correct"]) == 3 and s["accuracy"] == pytest.approx(sum(s["correct"]) / 3)
         assert s["tokens_per_problem"] > 0 and all(t > 0 for t in s["tokens"])
     # every token a strategy counted is a token the server reported in usage, and generated
     counted = sum(sum(s["tokens"]) for s in data["strategies"])

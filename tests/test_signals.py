@@ -389,14 +389,17 @@ def test_reward_sums_weighted_scores_skips_none_and_weight_zero():
     ])
     result = reward(PROBLEMS, groups)
     # totals: 2·1 − 0.5 = 1.5;  2·0 (b None) = 0;  2·1 − 0.5 = 1.5;  (a None) −1·1 = −1; m never summed
+    # (m's None never makes a completion unscorable: weight 0)
     assert result.total == [[1.5, 0.0], [1.5, -1.0]]
     assert result.components["m"] == [[100.0, 100.0], [None, None]]
     assert result.weights == {"a": 2.0, "b": -1.0, "m": 0.0}
 
+    # a weighted None makes a completion unscorable: its partial total is not a reward
+    assert result.scorable == [[True, False], [True, False]]
     s = result.summary()
-    assert s["reward/mean"] == pytest.approx(0.5)  # (1.5 + 0 + 1.5 − 1) / 4
-    assert s["reward/std"] == pytest.approx(math.sqrt((1 + 0.25 + 1 + 2.25) / 4))
-    assert s["reward/frac_zero_std"] == 0.0
+    assert s["reward/mean"] == pytest.approx(1.5) and s["reward/std"] == 0.0  # over 1.5 and 1.5 only
+    assert s["reward/frac_unscorable"] == 0.5
+    assert s["reward/frac_zero_std"] == 1.0  # one scorable completion per group: no spread
     assert s["rewards/a/mean"] == pytest.approx(2 / 3)  # None left out: (1 + 0 + 1) / 3
     assert s["rewards/a/std"] == pytest.approx(math.sqrt(2 / 9))
     assert s["rewards/a/frac_none"] == pytest.approx(0.25)

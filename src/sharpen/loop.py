@@ -82,6 +82,9 @@ class RewardConfig(ConfigModel):
                                        "likelihood, self_judge, pairwise_judge) or a user function 'module:function'.")
     weight: float = Field(1.0, description="Weight in the total reward; 0 logs the signal without summing it.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the signal.")
+    range: Optional[tuple[float, float]] = Field(
+        None, description="[lowest, highest] score of the signal, for a user function (built-in signals know theirs); "
+                          "BNPO and the signed weightings rescale by it.")
 
     def config_problems(self) -> Iterator[tuple[Location, str]]:
         yield from super().config_problems()

@@ -27,6 +27,9 @@ class Rollout:
     """The total reward of each completion."""
     components: dict[str, list[Optional[float]]] = field(default_factory=dict)
     """Each reward component's score of each completion (None: does not apply)."""
+    unscorable: tuple[int, ...] = ()
+    """Indices of the completions a weighted component could not score (`RewardResult.scorable`):
+    their `rewards` entry is not a reward, and learners leave them out."""
 
 
 @dataclass
@@ -67,6 +70,7 @@ class InProcessProducer:
                 completions=list(g),
                 rewards=list(result.total[i]),
                 components={name: list(values[i]) for name, values in result.components.items()},
+                unscorable=tuple(j for j, ok in enumerate(result.scorable[i]) if not ok),
             )
             for i, (p, g) in enumerate(zip(problems, groups))
         ]

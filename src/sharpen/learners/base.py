@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, runtim
 import torch
 
 from sharpen.episodes import Episode, next_prompt
-from sharpen.models.base import SamplingParams
+from sharpen.models.base import Completion, SamplingParams
 from sharpen.rollouts import RolloutBatch, RolloutProducer
 from sharpen.runs import CompletionRecord
 from sharpen.seeds import derive_seed
@@ -216,6 +216,27 @@ def reference_logprobs(policy, reference, prompt_ids: Sequence[Sequence[int]],
     of the policy's initial model) instead of the policy's live model."""
     with using_model(policy, reference):
         return policy.score_tokens(prompt_ids, completion_ids).logprobs
+
+
+def behaviour_logprobs(completions: Sequence[Completion], T: int) -> torch.Tensor:
+    """log μ(y_t | x, y_<t) of each completion's tokens under the distribution they were
+    sampled from (`Completion.sampling_logprobs`: temperature and top-p applied), (B, T),
+    0 on padding: the denominator of every importance ratio (PPO's clip, TOPR).
+
+    A completion that carries none (a backend that does not record them) is a ValueError:
+    the temperature-1 `logprobs` are not the behaviour policy once sampling used another
+    temperature or top-p, and using them makes π/μ wrong.
+    """
+    old = torch.zeros((len(completions), T))  # (B, T)
+    for i, c in enumerate(completions):
+        if len(c.sampling_logprobs) != len(c.token_ids):
+            raise ValueError(
+                f"completion {i} ({c.text[:40]!r}) carries {len(c.sampling_logprobs)} sampling log-probs for "
+                f"{len(c.token_ids)} tokens; a policy-gradient learner needs the behaviour policy's log-probs of "
+                "every sampled token (HFPolicy.generate records them)."
+            )
+        old[i, : len(c.sampling_logprobs)] = torch.tensor(c.sampling_logprobs)
+    return old
 
 
 def adamw(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

@@ -25,10 +25,18 @@ if TYPE_CHECKING:
 Score = Optional[float]
 Scores = list[list[Score]]
 """P × G scores: one per completion, None where the signal does not apply."""
+ScoreRange = tuple[float, float]
+"""(lowest, highest) score a signal can give; an end may be ±inf (e.g. a log-likelihood)."""
+UNIT_RANGE: ScoreRange = (0.0, 1.0)
 
 
 class Signal(Protocol):
-    """Anything that scores groups of completions."""
+    """Anything that scores groups of completions.
+
+    A signal may declare `score_range`, the range its scores always lie in (METHODS.md §1:
+    BNPO and the signed weightings rescale by the reward's *known* range, never the batch's).
+    A signal without one (a user function) gets it from its reward component's `range`.
+    """
 
     name: str
 

@@ -17,13 +17,14 @@ A completion with no tokens gets None: a mean over nothing does not apply.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 
 from sharpen.models.base import Completion
-from sharpen.signals.base import (Score, Scores, ScoringPolicy, SignalOptionError, check_groups, regroup,
+from sharpen.signals.base import (Score, ScoreRange, Scores, ScoringPolicy, SignalOptionError, check_groups, regroup,
                                   require_policy)
 from sharpen.tasks.base import Problem
 
@@ -81,6 +82,7 @@ class SelfCertainty:
     batch_size: int = 64
     """Completions per forward pass."""
     name: str = "self_certainty"
+    score_range: ClassVar[ScoreRange] = (0.0, math.inf)
 
     def __post_init__(self) -> None:
         _check_batch_size(self.name, self.batch_size)
@@ -106,6 +108,7 @@ class Likelihood:
     batch_size: int = 64
     """Completions per forward pass (source="policy")."""
     name: str = "likelihood"
+    score_range: ClassVar[ScoreRange] = (-math.inf, 0.0)
 
     def __post_init__(self) -> None:
         if self.source not in LIKELIHOOD_SOURCES:

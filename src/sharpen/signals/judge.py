@@ -19,7 +19,7 @@ Both read the first token of each reply, for all prompts in batched forward pass
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 
@@ -27,7 +27,8 @@ from sharpen.models.base import Completion
 from sharpen.models.formats import (
     JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, judge_messages, pairwise_messages,
 )
-from sharpen.signals.base import Scores, ScoringPolicy, SignalOptionError, check_groups, regroup
+from sharpen.signals.base import (UNIT_RANGE, ScoreRange, Scores, ScoringPolicy, SignalOptionError, check_groups,
+                                  regroup)
 from sharpen.tasks.base import Problem
 
 JUDGING = ("tokenizer", "choice_logprobs")
@@ -61,6 +62,7 @@ class SelfJudge:
     no: str = JUDGE_NO
     """The reply that means "wrong"."""
     name: str = "self_judge"
+    score_range: ClassVar[ScoreRange] = UNIT_RANGE
 
     def __post_init__(self) -> None:
         check_replies(self.name, self.policy, ("yes", self.yes), ("no", self.no))
@@ -124,6 +126,7 @@ class PairwiseJudge:
     second: str = PAIRWISE_SECOND
     """The reply that picks the answer shown second."""
     name: str = "pairwise_judge"
+    score_range: ClassVar[ScoreRange] = UNIT_RANGE
 
     def __post_init__(self) -> None:
         check_replies(self.name, self.policy, ("first", self.first), ("second", self.second))

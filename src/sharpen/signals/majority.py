@@ -9,10 +9,10 @@ Reinforcement Learning"). Nothing here reads a reference answer: the group votes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 from sharpen.models.base import Completion
-from sharpen.signals.base import Scores, SignalOptionError, check_groups
+from sharpen.signals.base import UNIT_RANGE, ScoreRange, Scores, SignalOptionError, check_groups
 from sharpen.tasks.base import Problem, Task
 
 
@@ -47,6 +47,7 @@ class MajorityVote:
     task: Task
     min_share: float = 0.0
     name: str = "majority_vote"
+    score_range: ClassVar[ScoreRange] = UNIT_RANGE
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_share <= 1.0:

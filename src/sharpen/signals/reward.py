@@ -13,9 +13,15 @@ For completion j of problem i,
     total_ij = Σ_k w_k · s_k,ij     over the components k with w_k ≠ 0 and s_k,ij not None
 
 A weight-0 component is computed and logged but never summed (a metric, as in verifiers);
-a None score ("does not apply") is left out of the sum and of the component's mean. If no
-weighted component applies to a completion, its total is the empty sum 0.0; the
-`rewards/<name>/frac_none` entries of the summary show how often that happens.
+a None score is left out of the sum and of the component's mean. A completion that a
+*weighted* component could not score is **unscorable** (`RewardResult.scorable` is False):
+its total is not the reward that was asked for, so learners leave it out of advantages and
+losses instead of training it as wrong (DESIGN.md rule 3), and `reward/frac_unscorable`
+counts it. Its `total` is the partial sum, kept only for the record.
+
+Each component has a known score range (its signal's `score_range`, or the `range` its spec
+declares); the total's range follows from the weights (`composite_range`), which is what
+BNPO and the signed weightings rescale by (METHODS.md §1, step 1).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from sharpen.models.base import Completion
-from sharpen.signals.base import Scores, ScoringPolicy, Signal, SignalOptionError
+from sharpen.signals.base import ScoreRange, Scores, ScoringPolicy, Signal, SignalOptionError
 from sharpen.signals.registry import build_signal
 from sharpen.tasks.base import Problem, Task
 
@@ -40,6 +46,9 @@ class RewardSpec:
     """Its weight in the total; 0 logs the signal without summing it."""
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the signal (keyword arguments of its factory or of the user function)."""
+    range: Optional[ScoreRange] = None
+    """(lowest, highest) score the signal can give; None: the signal's own `score_range`
+    (a user function has none, so declare it when a learner rescales by the reward's range)."""
 
     @classmethod
     def parse(cls, spec: "SpecLike") -> "RewardSpec":
@@ -50,13 +59,15 @@ class RewardSpec:
         if isinstance(spec, str):
             return cls(spec)
         if isinstance(spec, Mapping):
-            unknown = sorted(set(spec) - {"name", "weight", "options"})
+            unknown = sorted(set(spec) - {"name", "weight", "options", "range"})
             if unknown or "name" not in spec:
                 raise SignalOptionError(
-                    f"reward component {dict(spec)!r}: needs key 'name' and may have 'weight' and 'options'"
+                    f"reward component {dict(spec)!r}: needs key 'name' and may have 'weight', 'options' and 'range'"
                     + (f"; unknown keys {unknown}" if unknown else "")
                 )
-            return cls(spec["name"], spec.get("weight", 1.0), dict(spec.get("options") or {}))
+            declared = spec.get("range")
+            return cls(spec["name"], spec.get("weight", 1.0), dict(spec.get("options") or {}),
+                       None if declared is None else _checked_range(spec["name"], declared))
         if isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 3 and isinstance(spec[0], str):
             weight = spec[1] if len(spec) > 1 else 1.0
             options = spec[2] if len(spec) > 2 else {}
@@ -77,6 +88,45 @@ class Component:
     name: str
     signal: Signal
     weight: float
+    declared_range: Optional[ScoreRange] = None
+    """The spec's `range`, which overrides the signal's `score_range`."""
+
+    @property
+    def score_range(self) -> Optional[ScoreRange]:
+        """The range this component's scores lie in; None when unknown."""
+        return self.declared_range or getattr(self.signal, "score_range", None)
+
+
+def composite_range(parts: Sequence[tuple[float, Optional[ScoreRange]]]) -> Optional[ScoreRange]:
+    """Range of Σ_k w_k s_k for s_k ∈ [lo_k, hi_k], over the (weight, range) pairs with w ≠ 0:
+
+        [Σ_k min(w_k lo_k, w_k hi_k),  Σ_k max(w_k lo_k, w_k hi_k)]
+
+    (a negative weight swaps the ends). None when a weighted part's range is unknown; an end
+    is ±inf when a part's is.
+    """
+    lo = hi = 0.0
+    for weight, score_range in parts:
+        if weight == 0:
+            continue
+        if score_range is None:
+            return None
+        ends = [weight * v for v in score_range]
+        lo, hi = lo + min(ends), hi + max(ends)
+    return lo, hi
+
+
+def _checked_range(name: str, declared: Any) -> ScoreRange:
+    """`declared` as a (lo, hi) pair with lo < hi, else a SignalOptionError naming the component."""
+    try:
+        lo, hi = (float(v) for v in declared)
+    except (TypeError, ValueError):
+        raise SignalOptionError(
+            f"reward component {name!r}: range must be two numbers [lowest, highest], got {declared!r}"
+        ) from None
+    if not lo < hi:
+        raise SignalOptionError(f"reward component {name!r}: range needs lowest < highest, got [{lo}, {hi}]")
+    return lo, hi
 
 
 @dataclass
@@ -89,23 +139,29 @@ class RewardResult:
     """name → P × G scores (None where the signal does not apply), weight-0 ones included."""
     weights: dict[str, float]
     """name → weight."""
+    scorable: list[list[bool]] = field(default_factory=list)
+    """P × G: False where a weighted component gave None (the total is then not a reward)."""
 
     def summary(self) -> dict[str, float]:
         """Metrics to log (TRL's names):
 
-        reward/mean, reward/std          over all totals (std: population, ddof = 0)
-        reward/frac_zero_std             fraction of groups whose totals are all equal
-                                         (no learning signal for group-relative advantages)
+        reward/mean, reward/std          over the totals of scorable completions (std: population)
+        reward/frac_unscorable           fraction of completions a weighted component could not score
+        reward/frac_zero_std             fraction of groups whose scorable totals are all equal, or
+                                         that have none (no signal for group-relative advantages)
         rewards/<name>/mean, …/std       over the component's non-None scores
                                          (left out when every score is None)
         rewards/<name>/frac_none         fraction of completions the component did not score
         """
         out: dict[str, float] = {}
-        out.update(_moments("reward", [v for row in self.total for v in row]))
-        groups = [row for row in self.total if row]
-        if groups:
-            flat = sum(_all_equal(row) for row in groups)
-            out["reward/frac_zero_std"] = flat / len(groups)
+        kept = [[v for v, ok in zip(row, oks) if ok] for row, oks in zip(self.total, self.scorable)]
+        out.update(_moments("reward", [v for row in kept for v in row]))
+        n = sum(len(row) for row in self.total)
+        if n:
+            out["reward/frac_unscorable"] = 1.0 - sum(len(row) for row in kept) / n
+        if kept:
+            flat = sum(not row or _all_equal(row) for row in kept)
+            out["reward/frac_zero_std"] = flat / len(kept)
         for name, scores in self.components.items():
             values = [v for row in scores for v in row]
             present = [v for v in values if v is not None]
@@ -150,23 +206,38 @@ class Reward:
         parsed = [RewardSpec.parse(s) for s in specs]
         if not parsed:
             raise SignalOptionError("a reward needs at least one component, e.g. [('correctness', 1.0)]")
-        return cls(
-            [Component(s.name, build_signal(s.name, task=task, policy=policy, user_code=user_code, **s.options), s.weight) for s in parsed]
-        )
+        return cls([
+            Component(s.name, build_signal(s.name, task=task, policy=policy, user_code=user_code, **s.options),
+                      s.weight, s.range)
+            for s in parsed
+        ])
 
     @property
     def weights(self) -> dict[str, float]:
         return {c.name: float(c.weight) for c in self.components}
 
+    @property
+    def ranges(self) -> dict[str, Optional[ScoreRange]]:
+        """name → the component's score range (None: unknown)."""
+        return {c.name: c.score_range for c in self.components}
+
+    @property
+    def range(self) -> Optional[ScoreRange]:
+        """The range of the total, from the components' ranges and weights (`composite_range`)."""
+        return composite_range([(c.weight, c.score_range) for c in self.components])
+
     def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> RewardResult:
         scores = {c.name: _checked(c.name, c.signal(problems, groups), groups) for c in self.components}
         total = [[0.0] * len(group) for group in groups]
+        scorable = [[True] * len(group) for group in groups]
         for c in self.components:
             if c.weight == 0:
                 continue  # a logged metric, never summed
             for i, row in enumerate(scores[c.name]):
                 for j, value in enumerate(row):
-                    if value is not None:
+                    if value is None:
+                        scorable[i][j] = False
+                    else:
                         total[i][j] += c.weight * value
         for i, row in enumerate(total):
             for j, value in enumerate(row):
@@ -176,7 +247,7 @@ class Reward:
                         f"the weighted sum of {parts} (weights {self.weights}) overflowed to {value} "
                         f"for completion {j} of group {i}; keep scores and weights within float range"
                     )
-        return RewardResult(total=total, components=scores, weights=self.weights)
+        return RewardResult(total=total, components=scores, weights=self.weights, scorable=scorable)
 
 
 def _checked(name: str, scores: Scores, groups: Sequence[Sequence[Completion]]) -> Scores:

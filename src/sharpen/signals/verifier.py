@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 from sharpen.models.base import Completion
-from sharpen.signals.base import Scores, SignalOptionError, check_groups
+from sharpen.signals.base import UNIT_RANGE, ScoreRange, Scores, SignalOptionError, check_groups
 from sharpen.specs import UserCodeError
 from sharpen.tasks.base import Problem, Task, Verdict, guard_checker
 
@@ -24,6 +24,7 @@ class Correctness:
 
     task: Task
     name: str = "correctness"
+    score_range: ClassVar[ScoreRange] = UNIT_RANGE
     checked: int = 0
     """Completions checked so far."""
     unscorable: int = 0
@@ -71,6 +72,7 @@ class Format:
     task: Task
     pattern: Optional[str] = None
     name: str = "format"
+    score_range: ClassVar[ScoreRange] = UNIT_RANGE
 
     def __post_init__(self) -> None:
         self.regex: Optional[re.Pattern] = None

@@ -13,6 +13,11 @@ Two registries, chosen by name from a config:
     estimator = get_advantage_estimator("grpo")
     weighting = get_sample_weighting("w_reinforce")
     advantages = estimator(rewards) * weighting(rewards)      # (P, G)
+
+Every estimator takes `mask` (P, G), True where a completion is scorable: the others are left
+out of every group statistic (means, stds, BNPO's fit) and get advantage 0, so an unscorable
+completion is never trained as wrong (DESIGN.md rule 3). Weightings are elementwise and take
+any shape.
 """
 
 from __future__ import annotations
@@ -48,15 +53,31 @@ def _check_groups(rewards: Tensor, who: str, min_group: int = 1) -> None:
 
 
 def _check_range(rewards: Tensor, r_min: float, r_max: float, who: str) -> None:
-    """Raise a ValueError unless r_min < r_max and every reward lies in [r_min, r_max]."""
+    """Raise a ValueError unless r_min < r_max and every reward lies in [r_min, r_max] (up to
+    float rounding of a weighted sum: 1e-6 of the range)."""
     if not r_max > r_min:
         raise ValueError(f"{who}: the reward range needs r_min < r_max, got r_min={r_min}, r_max={r_max}.")
     lo, hi = rewards.min().item(), rewards.max().item()
-    if lo < r_min or hi > r_max:
+    slack = 1e-6 * (r_max - r_min)
+    if lo < r_min - slack or hi > r_max + slack:
         raise ValueError(
             f"{who}: rewards span [{lo}, {hi}] but the declared range is [{r_min}, {r_max}]; "
             "pass the reward's true range as r_min / r_max."
         )
+
+
+def _kept(rewards: Tensor, mask: Optional[Tensor], who: str) -> Tensor:
+    """`mask` as 1.0 (scorable) / 0.0 (left out), like `rewards`; all ones when None."""
+    if mask is None:
+        return torch.ones_like(rewards)
+    if mask.shape != rewards.shape:
+        raise ValueError(f"{who}: mask {tuple(mask.shape)} must have the shape of rewards {tuple(rewards.shape)}.")
+    return mask.to(rewards.dtype)
+
+
+def _group_mean(rewards: Tensor, kept: Tensor) -> Tensor:
+    """(P, 1) mean of each group over its kept completions (0 for a group with none)."""
+    return (rewards * kept).sum(dim=1, keepdim=True) / kept.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 def signed_rewards(rewards: Tensor, r_min: float = 0.0, r_max: float = 1.0) -> Tensor:
@@ -68,37 +89,40 @@ def signed_rewards(rewards: Tensor, r_min: float = 0.0, r_max: float = 1.0) -> T
     rewards: positive ⇔ correct (r = 1), negative ⇔ wrong (r = 0).
     """
     _check_range(rewards, r_min, r_max, "signed_rewards")
-    return 2.0 * (rewards - r_min) / (r_max - r_min) - 1.0  # (P, G)
+    return (2.0 * (rewards - r_min) / (r_max - r_min) - 1.0).clamp(-1.0, 1.0)  # (P, G)
 
 
 # ---------------------------------------------------------------------------------------------
 # estimators: rewards (P, G) -> advantages (P, G)
 
 
-def reinforce_advantages(rewards: Tensor) -> Tensor:
+def reinforce_advantages(rewards: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """REINFORCE with the group-mean baseline: A_i = r_i − mean(r).
 
     Williams (1992), "Simple statistical gradient-following algorithms…", with the mean reward
-    of the group as baseline.
+    of the group as baseline (the mean over the kept completions).
     """
     _check_groups(rewards, "reinforce")
-    return rewards - rewards.mean(dim=1, keepdim=True)  # (P, G)
+    kept = _kept(rewards, mask, "reinforce")  # (P, G)
+    return (rewards - _group_mean(rewards, kept)) * kept  # (P, G)
 
 
-def rloo_advantages(rewards: Tensor) -> Tensor:
-    """RLOO, leave-one-out baseline: A_i = r_i − (1/(G−1)) Σ_{j≠i} r_j.
+def rloo_advantages(rewards: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """RLOO, leave-one-out baseline: A_i = r_i − (1/(n−1)) Σ_{j≠i} r_j over the n kept completions.
 
     Kool et al. (2019) "Buy 4 REINFORCE Samples, Get a Baseline for Free!"; Ahmadian et al.
-    (2024) "Back to Basics: Revisiting REINFORCE Style Optimization…". Needs G ≥ 2.
-    Equivalent to G/(G−1) · (r_i − mean(r)).
+    (2024) "Back to Basics: Revisiting REINFORCE Style Optimization…". Needs G ≥ 2; a group
+    with fewer than 2 kept completions gets A = 0. Equivalent to n/(n−1) · (r_i − mean(r)).
     """
     _check_groups(rewards, "rloo", min_group=MIN_GROUP_SIZE["rloo"])
-    G = rewards.shape[1]
-    others = rewards.sum(dim=1, keepdim=True) - rewards  # (P, G)  Σ_{j≠i} r_j
-    return rewards - others / (G - 1)  # (P, G)
+    kept = _kept(rewards, mask, "rloo")  # (P, G)
+    n = kept.sum(dim=1, keepdim=True)  # (P, 1)
+    others = (rewards * kept).sum(dim=1, keepdim=True) - rewards  # (P, G)  Σ_{j≠i} r_j
+    return (rewards - others / (n - 1).clamp(min=1)) * kept * (n >= 2)  # (P, G)
 
 
-def grpo_advantages(rewards: Tensor, eps: float = 1e-4, unbiased: bool = True) -> Tensor:
+def grpo_advantages(rewards: Tensor, eps: float = 1e-4, unbiased: bool = True,
+                    mask: Optional[Tensor] = None) -> Tensor:
     """GRPO: A_i = (r_i − mean(r)) / (std(r) + ε).
 
     Shao et al. (2024) "DeepSeekMath…" (Group Relative Policy Optimization).
@@ -109,15 +133,18 @@ def grpo_advantages(rewards: Tensor, eps: float = 1e-4, unbiased: bool = True) -
     advantages agree with the implementations results are compared against. `unbiased=False`
     uses the population std (divide by G), which is the one for which BNPO with α = β = 3/2 is
     exactly π/8 × GRPO on binary rewards; the two differ by the constant sqrt(G/(G−1)).
-    The sample std needs G ≥ 2. ε = 1e-4 as in TRL; all-equal groups get A = 0.
+    The sample std needs G ≥ 2. ε = 1e-4 as in TRL; all-equal groups get A = 0. Mean and std
+    are over the kept completions; a group with a single kept one gets A = 0.
     """
     _check_groups(rewards, "grpo", min_group=MIN_GROUP_SIZE["grpo"] if unbiased else 1)
-    centred = rewards - rewards.mean(dim=1, keepdim=True)  # (P, G)
-    std = rewards.std(dim=1, correction=1 if unbiased else 0, keepdim=True)  # (P, 1)
-    return centred / (std + eps)  # (P, G)
+    kept = _kept(rewards, mask, "grpo")  # (P, G)
+    n = kept.sum(dim=1, keepdim=True)  # (P, 1)
+    centred = (rewards - _group_mean(rewards, kept)) * kept  # (P, G)
+    var = (centred**2).sum(dim=1, keepdim=True) / (n - (1 if unbiased else 0)).clamp(min=1)  # (P, 1)
+    return centred / (var.sqrt() + eps)  # (P, G)
 
 
-def dr_grpo_advantages(rewards: Tensor) -> Tensor:
+def dr_grpo_advantages(rewards: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """Dr. GRPO: A_i = r_i − mean(r), no division by the group std.
 
     Liu et al. (2025) "Understanding R1-Zero-Like Training: A Critical Perspective". The other
@@ -126,10 +153,12 @@ def dr_grpo_advantages(rewards: Tensor) -> Tensor:
     `losses.clipped_surrogate(..., aggregation="constant", max_len=...)`.
     """
     _check_groups(rewards, "dr_grpo")
-    return rewards - rewards.mean(dim=1, keepdim=True)  # (P, G)
+    kept = _kept(rewards, mask, "dr_grpo")  # (P, G)
+    return (rewards - _group_mean(rewards, kept)) * kept  # (P, G)
 
 
-def signed_reward_advantages(rewards: Tensor, r_min: float = 0.0, r_max: float = 1.0) -> Tensor:
+def signed_reward_advantages(rewards: Tensor, r_min: float = 0.0, r_max: float = 1.0,
+                             mask: Optional[Tensor] = None) -> Tensor:
     """No baseline, the reward mapped to [−1, +1]: A_i = 2(r_i − r_min)/(r_max − r_min) − 1.
 
     The objective of "The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning"
@@ -137,7 +166,9 @@ def signed_reward_advantages(rewards: Tensor, r_min: float = 0.0, r_max: float =
     the paper's PSR / NSR / W-REINFORCE. For r ∈ {0, 1}: A = 2r − 1.
     """
     _check_groups(rewards, "signed")
-    return signed_rewards(rewards, r_min, r_max)  # (P, G)
+    kept = _kept(rewards, mask, "signed")  # (P, G)
+    filled = torch.where(kept > 0, rewards, torch.full_like(rewards, r_min))  # left-out entries: any in-range value
+    return signed_rewards(filled, r_min, r_max) * kept  # (P, G)
 
 
 def beta_pdf(x: Tensor, alpha: float | Tensor, beta: float | Tensor) -> Tensor:
@@ -154,16 +185,20 @@ def beta_pdf(x: Tensor, alpha: float | Tensor, beta: float | Tensor) -> Tensor:
     return log_pdf.exp()  # like x
 
 
-def _bnpo_group_means(rewards: Tensor, r_min: float, r_max: float, who: str) -> tuple[Tensor, Tensor]:
-    """BNPO steps 1–2: rescale rewards to [0, 1] and take p_q, in float64. Returns (r01, p)."""
+def _bnpo_group_means(rewards: Tensor, r_min: float, r_max: float, who: str,
+                      mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """BNPO steps 1–2 over the kept completions: rescale rewards to [0, 1] and take p_q, in
+    float64. Returns (r01 (P, G), p (P,), kept (P, G) as 0/1)."""
     _check_groups(rewards, who)
-    _check_range(rewards, r_min, r_max, who)
-    r01 = (rewards.double() - r_min) / (r_max - r_min)  # (P, G) in [0, 1]
+    kept = _kept(rewards.double(), mask, who)  # (P, G)
+    filled = torch.where(kept > 0, rewards.double(), torch.full_like(kept, r_min))  # (P, G)
+    _check_range(filled, r_min, r_max, who)
+    r01 = ((filled - r_min) / (r_max - r_min)).clamp(0.0, 1.0)  # (P, G) in [0, 1]
     if r01.shape[1] == 1:  # reference implementation: p_q = 0 for a single-completion group
         p = torch.zeros_like(r01[:, 0])  # (P,)
     else:
-        p = r01.mean(dim=1).clamp(0.0, 1.0)  # (P,)
-    return r01, p
+        p = _group_mean(r01, kept)[:, 0].clamp(0.0, 1.0)  # (P,)
+    return r01, p, kept
 
 
 def bnpo_beta_parameters(group_means: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,6 +238,7 @@ def bnpo_with_params(
     beta: float | Tensor,
     r_min: float = 0.0,
     r_max: float = 1.0,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     """BNPO advantage with fixed Beta parameters (steps 1, 2 and 5 of METHODS.md §1).
 
@@ -213,34 +249,43 @@ def bnpo_with_params(
     population std, so A = (π/8) · GRPO(population std, ε = 0).
     Xiao et al. (2025) "BNPO: Beta Normalization Policy Optimization".
     """
-    r01, p = _bnpo_group_means(rewards, r_min, r_max, "bnpo")  # (P, G), (P,)
+    r01, p, kept = _bnpo_group_means(rewards, r_min, r_max, "bnpo", mask)  # (P, G), (P,), (P, G)
     weight = torch.clamp(1.0 / beta_pdf(p, alpha, beta), 0.0, BNPO_MAX_WEIGHT)  # (P,)
-    advantages = (r01 - p[:, None]) * weight[:, None]  # (P, G)
+    advantages = (r01 - p[:, None]) * weight[:, None] * kept  # (P, G)
     return advantages.to(rewards.dtype)
 
 
-def bnpo_advantages(rewards: Tensor, r_min: float = 0.0, r_max: float = 1.0) -> Tensor:
+def bnpo_advantages(rewards: Tensor, r_min: float = 0.0, r_max: float = 1.0,
+                    mask: Optional[Tensor] = None) -> Tensor:
     """BNPO with α, β fitted to the batch (the full METHODS.md §1 recipe).
 
     1. r ← (r − r_min)/(r_max − r_min), with the reward's known range (not the batch's).
     2. p_q = mean of problem q's group (0 if G = 1).
     3.–4. α, β from μ, σ² of p over the batch: see `bnpo_beta_parameters` (σ² = 0 → α = β = 1).
     5. A_i = (r_i − p_q) · clamp(1 / BetaPDF(p_q; α, β), 0, 1e6), the same on every token.
+    With `mask`, p_q is over the kept completions and the fit over the groups that keep any.
     Xiao et al. (2025) "BNPO: Beta Normalization Policy Optimization".
     """
-    _, p = _bnpo_group_means(rewards, r_min, r_max, "bnpo")  # (P,)
-    alpha, beta = bnpo_beta_parameters(p)  # (), ()
-    return bnpo_with_params(rewards, alpha, beta, r_min, r_max)  # (P, G)
+    _, p, kept = _bnpo_group_means(rewards, r_min, r_max, "bnpo", mask)  # (P,), (P, G)
+    alpha, beta = bnpo_beta_parameters(p[kept.sum(dim=1) > 0])  # (), ()
+    return bnpo_with_params(rewards, alpha, beta, r_min, r_max, mask)  # (P, G)
 
 
 def bnpo_decomposed(
-    component_rewards: Tensor, ranges: Sequence[tuple[float, float]]
+    component_rewards: Tensor,
+    ranges: Sequence[tuple[float, float]],
+    weights: Optional[Sequence[float]] = None,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
-    """BNPO advantage decomposition: A = (1/C) Σ_c BNPO(r^(c)), each component with its own
-    range and its own batch-fitted α_c, β_c.
+    """BNPO advantage decomposition: A = Σ_c w_c · BNPO(r^(c)) / Σ_c |w_c|, each component
+    rescaled by its own known range and with its own batch-fitted α_c, β_c.
 
-    component_rewards (C, P, G): C reward components (e.g. correctness and format);
-    ranges: C pairs (r_min, r_max). Returns (P, G).
+    component_rewards (C, P, G): C reward components (e.g. correctness and format), unweighted;
+    ranges: C pairs (r_min, r_max), each component's own range; weights: the C reward weights
+    (default all 1: the plain mean (1/C) Σ_c of METHODS.md §1). Rescaling to [0, 1] erases a
+    weight's size and sign, so the weight multiplies the component's advantage instead: a
+    component of weight 0.2 counts a fifth of one of weight 1.0, and a negative weight (a
+    penalty) pushes its component's high scores down. Returns (P, G).
     Xiao et al. (2025) "BNPO", §advantage decomposition.
     """
     if component_rewards.dim() != 3:
@@ -254,10 +299,17 @@ def bnpo_decomposed(
             f"bnpo_decomposed: got {C} reward components but {len(ranges)} ranges; "
             "give one (r_min, r_max) per component."
         )
+    w = torch.ones(C, dtype=torch.float64) if weights is None else torch.tensor(list(weights), dtype=torch.float64)
+    if w.shape != (C,) or not bool((w != 0).all()):
+        raise ValueError(
+            f"bnpo_decomposed: need one non-zero weight per component ({C}), got {list(w.tolist())}; "
+            "leave weight-0 components out (they are logged, never summed)."
+        )
     per_component = torch.stack(
-        [bnpo_advantages(component_rewards[c], lo, hi) for c, (lo, hi) in enumerate(ranges)]
-    )  # (C, P, G)
-    return per_component.mean(dim=0)  # (P, G)
+        [bnpo_advantages(component_rewards[c], lo, hi, mask) for c, (lo, hi) in enumerate(ranges)]
+    ).double()  # (C, P, G)
+    combined = (w[:, None, None] * per_component).sum(dim=0) / w.abs().sum()  # (P, G)
+    return combined.to(component_rewards.dtype)
 
 
 AdvantageEstimator = Callable[..., Tensor]
@@ -270,15 +322,16 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
     "bnpo": bnpo_advantages,
     "signed": signed_reward_advantages,
 }
-"""name → estimator(rewards (P, G), **options) -> advantages (P, G). An estimator whose
-signature has `r_min`, `r_max` rescales by the reward's range (bnpo, signed); the learner
-passes the range to exactly those (`learners.base.accepted_options`)."""
+"""name → estimator(rewards (P, G), mask=None, **options) -> advantages (P, G). An estimator
+whose signature has `r_min`, `r_max` rescales by the reward's known range (bnpo, signed); the
+learner passes the range to exactly those (`learners.base.accepted_options`)."""
 
-DECOMPOSED_ESTIMATORS: dict[str, Callable[[Tensor, Sequence[tuple[float, float]]], Tensor]] = {
+DECOMPOSED_ESTIMATORS: dict[str, Callable[..., Tensor]] = {
     "bnpo": bnpo_decomposed,
 }
-"""name → its per-component form(component rewards (C, P, G), ranges) -> advantages (P, G),
-used instead of the estimator when a reward has several weighted components (`decompose`)."""
+"""name → its per-component form(component rewards (C, P, G), ranges, weights, mask) ->
+advantages (P, G), used instead of the estimator when a reward has several weighted
+components (`decompose`)."""
 
 MIN_GROUP_SIZE: dict[str, int] = {"rloo": 2, "grpo": 2}
 """name → the fewest completions per group the estimator needs (1 where absent): a
@@ -305,18 +358,13 @@ def get_advantage_estimator(name: str) -> AdvantageEstimator:
 # and psr + nsr = 1 everywhere. The papers' exact objectives are these weightings on the
 # `signed` estimator (A = s, no baseline); on a baseline estimator (reinforce, grpo, …) they
 # select the same completions, whose advantage then carries the baseline.
-# Every weighting takes the same keywords, so a learner can call any of them the same way.
+# Every weighting takes the same keywords, so a learner can call any of them the same way
+# (`none` ignores them, so that it needs no reward range). They are elementwise: `rewards` and
+# the log-probs may have any shape, (P, G) or the (B,) completions of a minibatch.
 
 
-def no_weighting(
-    rewards: Tensor,
-    *,
-    policy_logprobs: Optional[Tensor] = None,
-    behaviour_logprobs: Optional[Tensor] = None,
-    r_min: float = 0.0,
-    r_max: float = 1.0,
-) -> Tensor:
-    """w = 1 for every completion (plain estimator)."""
+def no_weighting(rewards: Tensor, **ignored: object) -> Tensor:
+    """w = 1 for every completion (plain estimator); needs no range and reads no log-probs."""
     return torch.ones_like(rewards)  # (P, G)
 
 

@@ -1,11 +1,15 @@
 """Policy-gradient learner: group advantages → clipped token surrogate → AdamW step.
 
 One `update` per batch of rollouts (METHODS.md §1):
-    advantages  A = estimator(rewards) · weighting(rewards)          (P, G), pure functions
-    for each epoch, for each minibatch of whole groups:
-        ℓ = log π(y_t | x, y_<t)                                       (B, T)
-        loss = clipped_surrogate(ℓ, ℓ_old, A, mask, …) [+ β·k3 KL to π_ref]
+    kept        scorable completions, in groups with ≥ MIN_SCORABLE of them    (P, G) bool
+    advantages  A = estimator(rewards, mask=kept) · weighting(rewards)         (P, G), pure functions
+    for each epoch, for each minibatch of whole groups (kept completions only):
+        ℓ = log π_T(y_t | x, y_<t)   at the sampling temperature T            (B, T)
+        ℓ_μ = log μ(y_t | x, y_<t)   recorded at sampling (temperature, top-p) (B, T)
+        loss = clipped_surrogate(ℓ, ℓ_μ, A, mask, …) [+ β·k3 KL to π_ref]
         backward → clip grad norm → AdamW step
+Unscorable completions (a weighted reward component gave None) are left out of the
+advantages and the loss, never trained as wrong (DESIGN.md rule 3); `unscorable` counts them.
 A non-finite loss or gradient stops the update before the weights change.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import torch
 from pydantic import Field, field_validator
@@ -24,12 +28,17 @@ from sharpen.learners.policy_gradient.advantages import (
     DECOMPOSED_ESTIMATORS, MIN_GROUP_SIZE, get_advantage_estimator, get_sample_weighting,
 )
 from sharpen.learners.base import (
-    LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, optimizer_step,
-    reference_logprobs, step_seed,
+    LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, behaviour_logprobs,
+    optimizer_step, reference_logprobs, step_seed,
 )
 from sharpen.learners.policy_gradient.losses import clipped_surrogate, get_loss_aggregation
 from sharpen.rollouts import Rollout
+from sharpen.signals.base import ScoreRange
 from sharpen.tasks.base import Problem
+
+MIN_SCORABLE = 2
+"""Scorable completions a group needs to give a signal: with one, any group baseline is that
+completion's own reward (and a std is undefined), so the group is left out."""
 
 
 class PolicyGradientConfig(ConfigModel):
@@ -89,10 +98,34 @@ def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
     return LR_SCHEDULES[schedule]((step - warmup) / max(1, total_steps - warmup))
 
 
-def reward_range(rewards: torch.Tensor) -> dict[str, float]:
-    """The range the ranged estimators and weightings rescale by: [0, 1], widened to what the
-    batch holds (r_min, r_max keywords)."""
-    return {"r_min": min(0.0, rewards.min().item()), "r_max": max(1.0, rewards.max().item())}
+def reward_range(score_range: Optional[ScoreRange], what: str) -> dict[str, float]:
+    """The known range [r_min, r_max] the ranged estimators and weightings rescale by
+    (METHODS.md §1 step 1: the reward's range, never the batch's), as their keywords.
+
+    `score_range` is a signal's declared range or a reward's (`Reward.range`, which follows
+    from the weights); `what` names it in the error when it is unknown or unbounded.
+    """
+    if score_range is None or not all(math.isfinite(v) for v in score_range):
+        raise ValueError(
+            f"{what} has no known finite range (got {score_range}), but the advantage or weighting rescales by it; "
+            "declare the signal's range in its reward component (range: [lowest, highest]) or choose an "
+            "estimator that needs none (grpo, rloo, reinforce, dr_grpo)."
+        )
+    return {"r_min": float(score_range[0]), "r_max": float(score_range[1])}
+
+
+def takes_range(fn: Callable) -> bool:
+    """Whether a registry entry (estimator or weighting) rescales by the reward's range: its
+    signature names r_min."""
+    return "r_min" in accepted_options(fn, r_min=0.0)
+
+
+def scorable_mask(rollouts: list[Rollout], min_scorable: int = MIN_SCORABLE) -> torch.Tensor:
+    """(P, G) bool: True for a scorable completion in a group with ≥ `min_scorable` of them."""
+    keep = torch.ones((len(rollouts), len(rollouts[0].completions)), dtype=torch.bool)  # (P, G)
+    for i, r in enumerate(rollouts):
+        keep[i, list(r.unscorable)] = False
+    return keep & (keep.sum(dim=1, keepdim=True) >= min_scorable)  # (P, G)
 
 
 class PolicyGradient:
@@ -107,8 +140,11 @@ class PolicyGradient:
         self.cfg = cfg
         self.total_updates = ctx.total_steps * cfg.epochs * cfg.minibatches
         self.max_new_tokens = ctx.sampling.max_new_tokens
-        self.reward_weights = ctx.reward.weights
-        """Weights of the reward components, so BNPO can decompose over the weighted ones."""
+        self.temperature = ctx.sampling.temperature or 1.0
+        """π is scored at the temperature rollouts are sampled at, so that π/μ = 1 on-policy."""
+        self.reward = ctx.reward
+        """Its weights and known ranges: the rescaling range, and what BNPO decomposes over."""
+        self.check_ranges()
         self.optimizer = adamw(self.policy.model, cfg.lr, cfg.weight_decay)
         self.updates = 0
         self.reference = None
@@ -124,68 +160,92 @@ class PolicyGradient:
 
     # ---- advantages ----------------------------------------------------------------------
 
+    def decomposed_names(self) -> list[str]:
+        """The weighted components BNPO decomposes over (none: use the total)."""
+        names = [n for n, w in self.reward.weights.items() if w != 0]
+        decomposes = self.cfg.decompose and self.cfg.advantage in DECOMPOSED_ESTIMATORS
+        return names if decomposes and len(names) > 1 else []
+
+    def check_ranges(self) -> None:
+        """Fail at set-up, not mid-run, when a ranged estimator or weighting lacks a known range."""
+        estimator, weighting = get_advantage_estimator(self.cfg.advantage), get_sample_weighting(self.cfg.weighting)
+        for name in self.decomposed_names():
+            reward_range(self.reward.ranges[name], f"reward component {name!r}")
+        if (takes_range(estimator) and not self.decomposed_names()) or takes_range(weighting):
+            reward_range(self.reward.range, f"the reward {self.reward.weights}")
+
     def advantages(self, rollouts: list[Rollout]) -> torch.Tensor:
-        """(P, G) advantages of the batch, before sample weighting."""
+        """(P, G) advantages of the batch, before sample weighting; 0 for completions left out
+        (`scorable_mask`)."""
         rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
-        names = [n for n in rollouts[0].components if self.reward_weights.get(n, 0) != 0]
-        decomposed = DECOMPOSED_ESTIMATORS.get(self.cfg.advantage) if self.cfg.decompose else None
-        if decomposed is not None and len(names) > 1:
+        keep = scorable_mask(rollouts)  # (P, G)
+        names = self.decomposed_names()
+        if names:
             parts = torch.tensor(
                 [[[0.0 if v is None else v for v in r.components[n]] for r in rollouts] for n in names],
                 dtype=torch.float64,
-            )  # (C, P, G)
-            # each component's range: [0, 1], widened to what was observed
-            ranges = [(r["r_min"], r["r_max"]) for r in map(reward_range, parts)]
-            return decomposed(parts, ranges)
+            )  # (C, P, G)  a None makes its completion unscorable, so it is never read
+            ranges = [tuple(reward_range(self.reward.ranges[n], n).values()) for n in names]
+            weights = [self.reward.weights[n] for n in names]
+            return DECOMPOSED_ESTIMATORS[self.cfg.advantage](parts, ranges, weights, mask=keep)
         estimator = get_advantage_estimator(self.cfg.advantage)
-        return estimator(rewards, **accepted_options(estimator, **reward_range(rewards)))
+        options = {}
+        if takes_range(estimator):
+            options = reward_range(self.reward.range, f"the reward {self.reward.weights}")
+        return estimator(rewards, mask=keep, **options)
 
     # ---- update --------------------------------------------------------------------------
 
     def update(self, rollouts: list[Rollout]) -> dict[str, float]:
         """One batch of rollouts → epochs × minibatches optimizer steps; returns diagnostics."""
         start = time.perf_counter()
+        keep = scorable_mask(rollouts)  # (P, G)
         advantages = self.advantages(rollouts).float()  # (P, G)
-        rewards = torch.tensor([r.rewards for r in rollouts])  # (P, G)
+        rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         weighting = get_sample_weighting(self.cfg.weighting)
-        weight_args = {**reward_range(rewards), **accepted_options(weighting, lam=self.cfg.weighting_lambda)}
+        weight_args = accepted_options(weighting, lam=self.cfg.weighting_lambda)
+        if takes_range(weighting):
+            weight_args.update(reward_range(self.reward.range, f"the reward {self.reward.weights}"))
         P = len(rollouts)
         chunks = [list(range(P))[i :: self.cfg.minibatches] for i in range(self.cfg.minibatches)]
-        chunks = [c for c in chunks if c]
+        chunks = [c for c in chunks if c and bool(keep[c].any())]
         sums: dict[str, float] = {}
         tokens = 0
         self.policy.model.train()
         for _ in range(self.cfg.epochs):
             for chunk in chunks:
                 diag = self.minibatch_step(
-                    [rollouts[i] for i in chunk], advantages[chunk], rewards[chunk], weighting, weight_args,
+                    [rollouts[i] for i in chunk], advantages[chunk], rewards[chunk], keep[chunk], weighting,
+                    weight_args,
                 )
                 tokens += int(diag.pop("tokens"))
                 for k, v in diag.items():
                     sums[k] = sums.get(k, 0.0) + v
         self.policy.model.eval()
-        n = len(chunks) * self.cfg.epochs
+        n = max(1, len(chunks) * self.cfg.epochs)
         out = {k: v / n for k, v in sums.items()}
         seconds = time.perf_counter() - start
-        out.update(advantage_abs_mean=advantages.abs().mean().item(), update_seconds=seconds,
+        out.update(advantage_abs_mean=advantages[keep].abs().mean().item() if bool(keep.any()) else 0.0,
+                   unscorable=float(sum(len(r.unscorable) for r in rollouts)),
+                   left_out_frac=1.0 - keep.float().mean().item(), update_seconds=seconds,
                    train_tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
         return out
 
-    def minibatch_step(self, rollouts, advantages, rewards, weighting, weight_args) -> dict[str, float]:
-        rows = [(r.prompt_ids, c) for r in rollouts for c in r.completions]
-        prompt_ids = [p for p, _ in rows]
-        completion_ids = [c.token_ids for _, c in rows]
-        scores = self.policy.score_tokens(prompt_ids, completion_ids, extras=True)
-        logp, mask = scores.logprobs, scores.mask  # (B, T)
+    def minibatch_step(self, rollouts, advantages, rewards, keep, weighting, weight_args) -> dict[str, float]:
+        """One optimizer step on the kept completions of some groups: advantages, rewards, keep
+        (p, G); the importance ratios are to the behaviour policy μ the tokens were drawn from."""
+        where = keep.nonzero().tolist()  # (B, 2) the kept completions' (group, index)
+        completions = [rollouts[i].completions[j] for i, j in where]
+        prompt_ids = [rollouts[i].prompt_ids for i, _ in where]
+        completion_ids = [c.token_ids for c in completions]
+        scores = self.policy.score_tokens(prompt_ids, completion_ids, temperature=self.temperature, extras=True)
+        logp, mask = scores.logprobs, scores.mask  # (B, T)  log π_T
         T = logp.shape[1]
-        old = torch.zeros_like(logp)  # (B, T) log-probs of the sampling policy
-        for i, (_, c) in enumerate(rows):
-            old[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
-        G = advantages.shape[1]
-        seq_now = (logp.detach() * mask).sum(-1).view(-1, G)  # (P, G) log π(y)
-        seq_old = (old * mask).sum(-1).view(-1, G)  # (P, G) log μ(y)
-        w = weighting(rewards, policy_logprobs=seq_now, behaviour_logprobs=seq_old, **weight_args)  # (P, G)
-        adv = (advantages * w).reshape(-1)  # (B,)
+        old = behaviour_logprobs(completions, T).to(logp.device)  # (B, T)  log μ
+        seq_now = (logp.detach() * mask).sum(-1)  # (B,) log π(y)
+        seq_old = (old * mask).sum(-1)  # (B,) log μ(y)
+        w = weighting(rewards[keep], policy_logprobs=seq_now, behaviour_logprobs=seq_old, **weight_args)  # (B,)
+        adv = advantages[keep] * w.to(advantages.dtype)  # (B,)
         ref = None
         if self.reference is not None:
             ref = reference_logprobs(self.policy, self.reference, prompt_ids, completion_ids)[:, :T]
@@ -200,7 +260,7 @@ class PolicyGradient:
         self.updates += 1
         entropy = ((scores.entropy * mask).sum() / mask.sum().clamp(min=1)).item()
         return {**diag, "entropy": entropy, "grad_norm": grad_norm, "lr": self.cfg.lr * factor,
-                "tokens": mask.sum().item()}
+                "sample_weight_mean": w.mean().item(), "tokens": mask.sum().item()}
 
     # ---- resume --------------------------------------------------------------------------
 

@@ -62,10 +62,11 @@ class PreferenceConfig(ConfigModel):
 PAIR_VALUES = {
     "correctness": lambda rollout, extract: [None if v is None else v == 1.0 for v in rollout.components["correctness"]],
     "consistency": lambda rollout, extract: [extract(c.text) for c in rollout.completions],
-    "judge": lambda rollout, extract: list(rollout.rewards),
+    "judge": lambda rollout, extract: [None if j in rollout.unscorable else r for j, r in enumerate(rollout.rewards)],
 }
 """pair source → what its builder in `pairs.PAIR_BUILDERS` reads of a scored group: verdicts,
-label-free extracted answers, or the total rewards."""
+label-free extracted answers, or the total rewards (None for an unscorable completion, which
+takes no side)."""
 
 
 def rollout_pairs(rollout: Rollout, cfg: PreferenceConfig, extract) -> list[PreferencePair]:

@@ -65,14 +65,14 @@ def hinted(prompt: Prompt, answer: str) -> Prompt:
 
 
 def select_threshold(rollout: Rollout, cfg: RejectionSamplingConfig) -> list[int]:
-    """Every distinct completion with reward ≥ `cfg.threshold`, at most `cfg.max_per_problem`."""
-    passed = [r >= cfg.threshold for r in rollout.rewards]
+    """Every distinct scorable completion with reward ≥ `cfg.threshold`, at most `cfg.max_per_problem`."""
+    passed = [j not in rollout.unscorable and r >= cfg.threshold for j, r in enumerate(rollout.rewards)]
     return keep_correct(passed, [c.text for c in rollout.completions], cfg.max_per_problem)
 
 
 def select_best(rollout: Rollout, cfg: RejectionSamplingConfig) -> list[int]:
-    """The group's highest-reward completion (the earliest of equals); none if nothing scored."""
-    best = best_by_score(rollout.rewards)
+    """The group's highest-reward scorable completion (the earliest of equals); none if nothing scored."""
+    best = best_by_score([None if j in rollout.unscorable else r for j, r in enumerate(rollout.rewards)])
     return [] if best is None else [best]
 
 

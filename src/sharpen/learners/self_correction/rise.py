@@ -189,18 +189,26 @@ class Rise:
                             [[t.completion] for e in episodes for t in e.turns])
         flat_rewards = iter(row[0] for row in scored.total)
         attempt_rewards = [[next(flat_rewards) for _ in e.turns] for e in episodes]  # [episode][turn]
+        flat_scorable = iter(row[0] for row in scored.scorable)
+        attempt_scorable = [[next(flat_scorable) for _ in e.turns] for e in episodes]  # [episode][turn]
 
         first = 0 if cfg.first_turn == "improved" else 1
-        states = [(i, t) for i, e in enumerate(episodes) for t in range(first, len(e.turns))]
+        # a state whose own attempt is unscorable has no reward to improve on: left out
+        states = [(i, t) for i, e in enumerate(episodes) for t in range(first, len(e.turns)) if attempt_scorable[i][t]]
         prompts = [next_prompt(episodes[i].problem, episodes[i].turns[:t]) for i, t in states]
         sampler = self.teacher or self.policy
         groups = sampler.generate(prompts, ctx.sampling.params(seed + CANDIDATE_SEED_OFFSET)) if states else []
-        candidate_rewards = ctx.reward([episodes[i].problem for i, _ in states], groups).total if states else []
+        judged = ctx.reward([episodes[i].problem for i, _ in states], groups) if states else None
+        candidate_rewards = judged.total if states else []
 
         kept: list[tuple[tuple[int, ...], Completion, float]] = []
         improved = 0
-        for (i, t), prompt, group, rewards in zip(states, prompts, groups, candidate_rewards):
-            chosen = filter_candidates(cfg.filter, rewards, attempt_rewards[i][t], cfg.success_reward)
+        for (i, t), prompt, group, rewards, scorable in zip(states, prompts, groups, candidate_rewards,
+                                                            judged.scorable if states else []):
+            among = [j for j, ok in enumerate(scorable) if ok]  # unscorable candidates are never kept
+            picked = filter_candidates(cfg.filter, [rewards[j] for j in among], attempt_rewards[i][t],
+                                       cfg.success_reward)
+            chosen = [among[k] for k in picked]
             improved += bool(chosen)
             prompt_ids = tuple(self.policy.encode(prompt))
             kept += [(prompt_ids, group[j], rewards[j]) for j in chosen]
@@ -209,9 +217,11 @@ class Rise:
         anchors = self.base_first_attempts(problems, seed) if self.base is not None else []
 
         metrics = {**scored.summary(), **episode_metrics(episodes, cfg.turns)}
-        flat = [r for rewards in candidate_rewards for r in rewards]
+        flat = [r for rewards, oks in zip(candidate_rewards, judged.scorable if states else []) for r, ok in
+                zip(rewards, oks) if ok]
         metrics.update({
             "rise/states": float(len(states)),
+            "unscorable": float(sum(not ok for row in attempt_scorable for ok in row)),
             "rise/examples": float(len(examples)),
             "rise/base_examples": float(len(anchors)),
             "rise/improved_states": improved / len(states) if states else 0.0,

@@ -41,9 +41,10 @@ from sharpen.config import ConfigModel
 from sharpen.episodes import NEUTRAL_FEEDBACK, next_prompt, run_episodes
 from sharpen.learners.policy_gradient.advantages import MIN_GROUP_SIZE, get_advantage_estimator
 from sharpen.learners.base import (
-    EpisodeSettings, LearnerContext, StepOutput, adamw, episode_metrics, episode_records, optimizer_step,
-    reference_logprobs, step_seed,
+    EpisodeSettings, LearnerContext, StepOutput, adamw, behaviour_logprobs, episode_metrics, episode_records,
+    optimizer_step, reference_logprobs, step_seed,
 )
+from sharpen.learners.policy_gradient.learner import MIN_SCORABLE
 from sharpen.learners.policy_gradient.losses import clipped_surrogate
 from sharpen.models.base import Completion
 from sharpen.tasks.base import Problem
@@ -88,15 +89,18 @@ def shaped_second_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> to
 
 
 def attempt_advantages(r1: torch.Tensor, r2: torch.Tensor, stage: int, alpha: float,
-                       estimator: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                       estimator: Callable[..., torch.Tensor],
+                       mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(A1, A2), each (P, G), from the rewards of the two attempts, (P, G) each (G episodes
-    per problem): stage 1 → (0, estimator(r2)); stage 2 → (estimator(r1), estimator(r̂2))."""
+    per problem): stage 1 → (0, estimator(r2)); stage 2 → (estimator(r1), estimator(r̂2)).
+    `mask` (P, G), True for episodes whose attempts are both scorable: the others get A = 0
+    and take no part in the group statistics."""
     if r1.shape != r2.shape:
         raise ValueError(f"r1 and r2 must both be (P, G), got {tuple(r1.shape)} and {tuple(r2.shape)}")
     if stage == 1:
-        return torch.zeros_like(r1), estimator(r2)
+        return torch.zeros_like(r1), estimator(r2, mask=mask)
     if stage == 2:
-        return estimator(r1), estimator(shaped_second_reward(r1, r2, alpha))
+        return estimator(r1, mask=mask), estimator(shaped_second_reward(r1, r2, alpha), mask=mask)
     raise ValueError(f"SCoRe has stages 1 and 2, got {stage}")
 
 
@@ -142,7 +146,9 @@ class Score:
         r2 = torch.tensor(scored2.total, dtype=torch.float64)  # (P, G)
 
         stage = 1 if step <= cfg.stage1_steps else 2
-        a1, a2 = attempt_advantages(r1, r2, stage, cfg.alpha, self.estimator)  # (P, G) each
+        scorable = torch.tensor(scored1.scorable) & torch.tensor(scored2.scorable)  # (P, G) both attempts
+        keep = scorable & (scorable.sum(dim=1, keepdim=True) >= MIN_SCORABLE)  # (P, G)
+        a1, a2 = attempt_advantages(r1, r2, stage, cfg.alpha, self.estimator, keep)  # (P, G) each, 0 where left out
         prompts1 = [self.policy.encode(p.prompt) for p in rows]
         prompts2 = [self.policy.encode(next_prompt(e.problem, e.turns[:1])) for e in episodes]
         metrics = self.update([
@@ -152,7 +158,8 @@ class Score:
         metrics.update({f"attempt2/{k}": v for k, v in scored2.summary().items()})
         metrics.update(scored1.summary())
         metrics.update(episode_metrics(episodes, 2))
-        metrics.update({"score/stage": float(stage), "gen_tokens": float(sum(e.tokens for e in episodes))})
+        metrics.update({"score/stage": float(stage), "unscorable": float((~scorable).sum()),
+                        "gen_tokens": float(sum(e.tokens for e in episodes))})
         rewards = list(zip(r1.reshape(-1).tolist(), r2.reshape(-1).tolist()))  # [episode][attempt]
         return StepOutput(metrics, episode_records(episodes[: ctx.log_completions * G], rewards))
 
@@ -180,11 +187,10 @@ class Score:
         """L(y; A, β): the clipped surrogate of one attempt's completions (B rows) with advantages
         (B,), plus β times the k3 KL to the base model (`ref`: its log-probs, None when β = 0)."""
         completions = attempt.completions
-        scores = self.policy.score_tokens(attempt.prompt_ids, [c.token_ids for c in completions])
-        logp, mask = scores.logprobs, scores.mask  # (B, T)
-        old = torch.zeros_like(logp)  # (B, T) log-probs of the sampling policy
-        for i, c in enumerate(completions):
-            old[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
+        scores = self.policy.score_tokens(attempt.prompt_ids, [c.token_ids for c in completions],
+                                          temperature=self.ctx.sampling.temperature or 1.0)
+        logp, mask = scores.logprobs, scores.mask  # (B, T)  log π at the sampling temperature
+        old = behaviour_logprobs(completions, logp.shape[1]).to(logp.device)  # (B, T)  log μ of the sampler
         return clipped_surrogate(logp, old, attempt.advantages.to(logp.dtype), mask, ref_logprobs=ref,
                                  kl_coef=attempt.kl_coef)
 
