@@ -65,13 +65,13 @@ class Completion:
     """log π(token | context) of each generated token under the model (temperature 1)."""
     finish_reason: str
     """"stop" (end-of-sequence or a stop string) or "length" (max_new_tokens reached)."""
-    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
-    """With SamplingParams.top_logprobs = k: for each generated token, the k most likely
-    (token id, logprob) pairs of the distribution its logprob comes from, most likely first."""
     sampling_logprobs: tuple[float, ...] = ()
     """log μ(token | context) of each generated token under the distribution it was actually
     drawn from (the behaviour policy: temperature and top-p applied; 0.0 for a greedy token);
     empty when the backend does not record it. Importance ratios (PPO's clip, TOPR) use these."""
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
+    """With SamplingParams.top_logprobs = k: for each generated token, the k most likely
+    (token id, logprob) pairs of the distribution its logprob comes from, most likely first."""
 
     @property
     def n_tokens(self) -> int:
