@@ -51,6 +51,9 @@ class Completion:
     """log π(token | context) of each generated token under the model (temperature 1)."""
     finish_reason: str
     """"stop" (end-of-sequence or a stop string) or "length" (max_new_tokens reached)."""
+    missing_token_ids: Optional[str] = None
+    """Why `token_ids` is empty although tokens were generated (a server that returned no ids);
+    None when `token_ids` are the sampled tokens."""
 
     @property
     def n_tokens(self) -> int:

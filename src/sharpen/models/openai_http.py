@@ -1,76 +1,107 @@
-"""A policy backed by an OpenAI-compatible HTTP server (vLLM, llama.cpp, OpenAI, ...).
+"""A policy backed by an OpenAI-compatible HTTP server (vLLM, llama.cpp, OpenAI, `sharpen serve`).
 
-Only the standard library speaks HTTP here (`urllib.request`), and requests run in a
-thread pool, one request per prompt, at most `max_concurrency` in flight per policy.
+HTTP goes through the official `openai` client (extra `openai`: `pip install 'sharpen[openai]'`):
+one client per policy, whose connection pool keeps at most `max_concurrency` connections open
+and reuses them (keep-alive), and whose own `max_retries` and `timeout` settings retry
+connection errors, timeouts, 408/409/429 and 5xx with exponential back-off (honouring the
+server's Retry-After). Requests run in a thread pool, one request per prompt, at most
+`max_concurrency` in flight per policy.
 
     policy = OpenAIPolicy("http://127.0.0.1:8000/v1", "default")
     policy = load_policy("http://127.0.0.1:8000/v1#default")       # the same, as a model spec
+    policy = load_policy("http://127.0.0.1:8000/v1#default?max_retries=5&timeout=30")
 
-Token accounting. The OpenAI API reports `usage` once per *request*, i.e. per prompt
-group of `n` choices, and gives no per-choice token count, nor token ids. Per choice, the
-policy asks for the sampled tokens' logprobs (`request_logprobs=True`, the default), one
-per generated token, so `Completion.n_tokens` (what strategies and evaluation count) is
-exact. `OpenAIPolicy.usage` adds up the server's totals (`prompt_tokens`,
-`completion_tokens`) per request; nothing is split among the choices and no `Completion`
-carries an invented count. Consequences:
+Token accounting. The OpenAI API reports `usage` once per *request*, i.e. per prompt group of
+`n` choices, and gives no per-choice token count. Per choice, the policy asks for the sampled
+tokens' logprobs (`request_logprobs=True`, the default), one per generated token, so
+`Completion.n_tokens` (what strategies and evaluation count) is exact. `OpenAIPolicy.usage`
+adds up the server's totals per request; nothing is split among the choices. Consequences:
 
-* the totals are exact whenever the server reports `usage` (cost of a call is
-  `usage.completion_tokens` after minus before), and equal the sum of `n_tokens` over the
-  returned completions when the server also returned logprobs;
-* with `request_logprobs=False` (for a server that refuses logprobs) every completion
-  counts 0 tokens; only `usage` then knows the cost;
-* a response without `usage` is counted in `usage.responses_without_usage`; its
-  completion tokens are then the sum of the completions' `n_tokens`, so the totals are a
-  lower bound in that case.
+* the totals are exact whenever the server reports `usage`, and equal the sum of `n_tokens`
+  over the returned completions when the server also returned logprobs;
+* with `request_logprobs=False` (for a server that refuses logprobs) every completion counts
+  0 tokens; only `usage` then knows the cost;
+* a response without `usage` is counted in `usage.responses_without_usage`; its completion
+  tokens are then the sum of the completions' `n_tokens`, a lower bound.
 
-What the policy cannot do: it has no tokenizer and no forward pass of its own, so signals
-and strategies that score completions with the model (`self_certainty`, `self_judge`,
+Token ids. The OpenAI API returns token texts, not ids. With `token_ids="vllm"` the policy asks
+a vLLM server for `return_tokens_as_token_ids`, which names each logprob's token
+"token_id:<id>"; completions then carry those `token_ids`. Otherwise (or when the server did not
+return ids) `token_ids` is empty and `Completion.missing_token_ids` says why: no id is invented.
+
+What the policy cannot do: it has no tokenizer and no forward pass of its own, so signals and
+strategies that score completions with the model (`self_certainty`, `self_judge`,
 `pairwise_judge`, `likelihood` with source="policy", `self_refine`) refuse it when they are
-built.
-`likelihood` with source="completion" reads the returned logprobs and works.
+built. `likelihood` with source="completion" reads the returned logprobs and works.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from sharpen.models.base import Completion, ModelSpecError, SamplingParams
 from sharpen.models.formats import as_messages
 from sharpen.tasks.base import Prompt
 
-RETRY_STATUSES = frozenset({408, 409, 429})
-"""Statuses retried besides every 5xx (request timeout, conflict, rate limit)."""
+HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]"
+"""The model-spec form of an OpenAI-compatible server: base URL, '#', served model name, and
+optionally settings of `OpenAIPolicy` (see `SPEC_OPTIONS`)."""
 
-HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL"
-"""The model-spec form of an OpenAI-compatible server: base URL, '#', served model name."""
+TOKEN_ID_REQUESTS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "vllm": {"return_tokens_as_token_ids": True},
+}
+"""How to ask a server for the sampled token ids (extra request fields), by server kind."""
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "timeout": float, "max_retries": int, "max_concurrency": int, "endpoint": str,
+    "request_logprobs": _flag, "token_ids": str,
+}
+"""Settings a model spec may give after the model name ("#MODEL?timeout=30&max_retries=5"),
+each an `OpenAIPolicy` keyword, with the function that reads its value."""
+
+
+def _openai() -> Any:
+    """The `openai` module, or a clear error naming the extra that installs it."""
+    try:
+        import openai
+    except ImportError as e:
+        raise ModelSpecError("an OpenAI-compatible server needs the 'openai' package: "
+                             "pip install 'sharpen[openai]'") from e
+    return openai
 
 
 class HTTPBackendError(RuntimeError):
     """A request to the inference server failed for good.
 
-    `status` is the HTTP status (None for connection errors and timeouts), `message`
-    the server's error message (or a description of the transport failure), `attempts`
-    how many times the request was sent.
+    `status` is the HTTP status (None for connection errors and timeouts), `message` the
+    server's error message (or a description of the transport failure), `attempts` how many
+    times the request was sent.
     """
 
-    def __init__(self, url: str, status: Optional[int], message: str, attempts: int = 1):
+    def __init__(self, url: str, model: str, status: Optional[int], message: str, attempts: int = 1):
         self.url = url
+        self.model = model
         self.status = status
         self.message = message
         self.attempts = attempts
         what = f"HTTP {status}" if status is not None else "request failed"
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        super().__init__(f"{what} from {url}{tries}: {message}")
+        super().__init__(f"{what} from {url} (model {model!r}){tries}: {message}")
 
 
 @dataclass
@@ -82,7 +113,7 @@ class TokenUsage:
     requests: int = 0
     """Successful requests (one per prompt per `generate` call)."""
     retries: int = 0
-    """Extra attempts made after a retryable failure."""
+    """Extra attempts the client made after a retryable failure."""
     responses_without_usage: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -118,40 +149,15 @@ class TokenUsage:
             self.requests = self.retries = self.responses_without_usage = 0
 
 
-class _Retryable(Exception):
-    def __init__(self, status: Optional[int], message: str, retry_after: Optional[float] = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-
-
-def _error_message(body: bytes) -> str:
-    """The server's error message from an error body (OpenAI, FastAPI or plain text)."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:500] or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            for key in ("message", "detail", "msg"):
-                if err.get(key):
-                    return str(err[key])
-        elif isinstance(err, str) and err:
-            return err
-        if data.get("detail"):
-            return str(data["detail"])
-    return text[:500]
-
-
-def _retry_after(headers: Any) -> Optional[float]:
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def _server_message(body: Any) -> str:
+    """The server's error message from an error body as the client decoded it (OpenAI's
+    `{"error": {"message"}}` arrives as the inner object, FastAPI's `{"detail"}`, plain text)."""
+    if isinstance(body, dict):
+        for key in ("message", "detail", "msg", "error"):
+            if body.get(key):
+                return str(body[key])
+    text = str(body or "").strip()
+    return text[:500] or "(empty body)"
 
 
 def _prompt_text(prompt: Prompt) -> str:
@@ -171,46 +177,55 @@ def _prompt_text(prompt: Prompt) -> str:
 
 
 def _finish_reason(reason: Any) -> str:
-    """The server's finish reason in sharpen's two values: "length" or "stop".
-
-    Anything other than "length" ("stop", "eos", a stop string, None, "content_filter")
-    means the completion ended before the token budget, i.e. "stop".
-    """
+    """The server's finish reason in sharpen's two values: anything but "length" ("stop",
+    "eos", a stop string, None, "content_filter") ended before the token budget: "stop"."""
     return "length" if reason == "length" else "stop"
 
 
-def _choice_logprobs(choice: dict, chat: bool) -> tuple[float, ...]:
-    lp = choice.get("logprobs")
-    if not isinstance(lp, dict):
-        return ()
-    if chat or "content" in lp:
-        content = lp.get("content") or []
-        return tuple(float(t["logprob"]) for t in content if t.get("logprob") is not None)
-    values = lp.get("token_logprobs") or []  # legacy completions format
-    return tuple(float(v) for v in values if v is not None)
+def _sampled_tokens(choice: Any, chat: bool) -> list[tuple[str, float]]:
+    """(token text, logprob) of each generated token the server reported for one choice."""
+    lp = choice.logprobs
+    if lp is None:
+        return []
+    if chat:
+        return [(t.token, float(t.logprob)) for t in lp.content or [] if t.logprob is not None]
+    pairs = zip(lp.tokens or [], lp.token_logprobs or [])  # the legacy completions format
+    return [(t, float(v)) for t, v in pairs if v is not None]
+
+
+def _token_ids(tokens: Sequence[str]) -> Optional[tuple[int, ...]]:
+    """The ids in vLLM's `return_tokens_as_token_ids` form ("token_id:123" per token), or
+    None unless every token has that form."""
+    ids = []
+    for token in tokens:
+        prefix, _, number = token.partition(":")
+        if prefix != "token_id" or not number.isdigit():
+            return None
+        ids.append(int(number))
+    return tuple(ids) if ids else None
 
 
 class OpenAIPolicy:
     """Samples completions from an OpenAI-compatible server; see the module docstring.
 
-    `base_url` includes the API prefix, e.g. "http://localhost:8000/v1". `endpoint`
-    chooses POST {base_url}/chat/completions (messages) or {base_url}/completions
-    (a prompt string). `max_retries` is the number of retries after the first attempt;
-    the wait before retry i (0-based) is `backoff * 2**i`, or the server's Retry-After
-    if that is longer (capped at 60 s). Connection errors, timeouts, 408/409/429 and 5xx
-    are retried; other statuses raise `HTTPBackendError` at once.
+    `base_url` includes the API prefix, e.g. "http://localhost:8000/v1". `endpoint` chooses
+    POST {base_url}/chat/completions (messages) or {base_url}/completions (a prompt string).
+    `timeout` (seconds per attempt) and `max_retries` (retries after the first attempt) are
+    the `openai` client's settings: it retries connection errors, timeouts, 408/409/429 and
+    5xx, waiting 0.5 s doubling up to 8 s (with jitter), or the server's Retry-After up to
+    2 minutes; other statuses raise `HTTPBackendError` at once. `token_ids` is a key of
+    `TOKEN_ID_REQUESTS` ("vllm" asks a vLLM server for the sampled ids); `extra_body` adds
+    fields to every request (e.g. vLLM's `top_k`).
 
-    `SamplingParams.seed` is sent unchanged with every prompt of a call; reproducibility
-    then depends on the server. Server-side logprobs (`request_logprobs=True`) are
-    whatever the server reports, which may be under the sampling temperature rather than
-    temperature 1 as `Completion.logprobs` documents for local backends (`sharpen serve`
-    reports them at temperature 1).
+    `SamplingParams.seed` is sent unchanged with every prompt of a call; reproducibility then
+    depends on the server. Server-side logprobs are whatever the server reports, which may be
+    under the sampling temperature rather than temperature 1 as `Completion.logprobs`
+    documents for local backends (`sharpen serve` reports them at temperature 1).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: Optional[str] = None,
-                 timeout: float = 60.0, max_retries: int = 3, backoff: float = 0.5,
-                 max_concurrency: int = 8, endpoint: str = "chat",
-                 request_logprobs: bool = True,
+                 timeout: float = 60.0, max_retries: int = 3, max_concurrency: int = 8,
+                 endpoint: str = "chat", request_logprobs: bool = True, token_ids: str = "none",
                  extra_body: Optional[dict[str, Any]] = None):
         if endpoint not in ("chat", "completions"):
             raise ValueError(f'endpoint must be "chat" or "completions", got {endpoint!r}')
@@ -218,26 +233,41 @@ class OpenAIPolicy:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if token_ids not in TOKEN_ID_REQUESTS:
+            raise ValueError(f"token_ids must be one of {', '.join(TOKEN_ID_REQUESTS)}, got {token_ids!r}")
+        if token_ids != "none" and not request_logprobs:
+            raise ValueError("token_ids come with the logprobs: they need request_logprobs=True")
+        openai = _openai()
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
         self.max_concurrency = max_concurrency
         self.endpoint = endpoint
         self.request_logprobs = request_logprobs
-        self.extra_body = dict(extra_body or {})
+        self.token_ids = token_ids
+        self.extra_body = {**TOKEN_ID_REQUESTS[token_ids], **(extra_body or {})}
         self.usage = TokenUsage()
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        # A pool as large as the requests in flight: every connection is reused, none waits.
+        # (Limits is the class of the HTTP library under openai, httpx2 in openai 3.)
+        limits_class = type(openai.DEFAULT_CONNECTION_LIMITS)
+        limits = limits_class(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout))
+        # Without a key (vLLM, llama.cpp, sharpen serve) requests carry no Authorization header.
+        self._headers = {} if api_key else {"Authorization": openai.Omit()}
         # Bounds requests in flight even when several threads call generate() at once.
         self._slots = threading.BoundedSemaphore(max_concurrency)
 
     @classmethod
     def from_spec(cls, spec: str) -> "OpenAIPolicy":
-        """The policy (default settings) for a model spec "http(s)://HOST:PORT/PREFIX#MODEL":
-        the base URL before '#', the name the server serves the model under after it, e.g.
-        "http://127.0.0.1:8000/v1#default"."""
-        base_url, _, model = spec.partition("#")
+        """The policy for a model spec "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]": the
+        base URL before '#', the name the server serves the model under after it, then settings
+        from `SPEC_OPTIONS`, e.g. "http://127.0.0.1:8000/v1#default?max_retries=5"."""
+        base_url, _, fragment = spec.partition("#")
+        model, _, query = fragment.partition("?")
         try:
             parts = urllib.parse.urlsplit(base_url)
         except ValueError:  # e.g. an unclosed IPv6 bracket
@@ -249,115 +279,103 @@ class OpenAIPolicy:
                 f"model spec {spec!r} names no served model: add the server's model name after '#', "
                 f"e.g. {base_url.rstrip('/')}#default (GET {base_url.rstrip('/')}/models lists them)"
             )
-        return cls(base_url, model)
+        options: dict[str, Any] = {}
+        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if key not in SPEC_OPTIONS:
+                raise ModelSpecError(f"model spec {spec!r}: unknown option {key!r}; "
+                                     f"known: {', '.join(SPEC_OPTIONS)}")
+            try:
+                options[key] = SPEC_OPTIONS[key](value)
+            except ValueError as e:
+                raise ModelSpecError(f"model spec {spec!r}: option {key}={value!r}: {e}") from e
+        try:
+            return cls(base_url, model, **options)
+        except ValueError as e:
+            raise ModelSpecError(f"model spec {spec!r}: {e}") from e
 
     def __repr__(self) -> str:
         return f"OpenAIPolicy({self.base_url!r}, {self.model!r}, endpoint={self.endpoint!r})"
 
-    # -- HTTP ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the pooled connections; the policy cannot send requests afterwards."""
+        self._client.close()
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
+    # -- requests -----------------------------------------------------------------------
 
-    def _send_once(self, url: str, body: Optional[bytes]) -> Any:
-        request = urllib.request.Request(url, data=body, headers=self._headers(),
-                                         method="POST" if body is not None else "GET")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            try:
-                message = _error_message(e.read())
-            except (OSError, http.client.HTTPException):
-                message = e.reason or "(no body)"
-            if e.code >= 500 or e.code in RETRY_STATUSES:
-                raise _Retryable(e.code, message, _retry_after(e.headers)) from e
-            raise HTTPBackendError(url, e.code, message) from e
-        except urllib.error.URLError as e:
-            raise _Retryable(None, f"connection error: {e.reason}") from e
-        except TimeoutError as e:
-            raise _Retryable(None, f"timed out after {self.timeout} s") from e
-        except (OSError, http.client.HTTPException) as e:
-            raise _Retryable(None, f"connection error: {e!r}") from e
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise HTTPBackendError(url, 200, f"response is not JSON: {raw[:200]!r}") from e
-
-    def _request(self, path: str, payload: Optional[dict] = None) -> Any:
-        """Send one request with retries; return the decoded JSON body."""
+    def _send(self, path: str, create: Callable[..., Any], **kwargs: Any) -> Any:
+        """One call through the client (its retries included) within a concurrency slot; the
+        parsed response, or HTTPBackendError naming the server, the model and the attempts."""
+        openai = _openai()
         url = f"{self.base_url}/{path}"
-        body = json.dumps(payload).encode("utf-8") if payload is not None else None
-        attempt = 0
-        while True:
-            try:
-                with self._slots:
-                    return self._send_once(url, body)
-            except _Retryable as e:
-                if attempt >= self.max_retries:
-                    raise HTTPBackendError(url, e.status, e.message, attempts=attempt + 1) from e
-                wait = self.backoff * (2 ** attempt)
-                if e.retry_after is not None:
-                    wait = max(wait, min(e.retry_after, 60.0))
-                self.usage.add(retries=1)
-                attempt += 1
-                time.sleep(wait)
-
-    # -- API ----------------------------------------------------------------------------
+        try:
+            with self._slots:
+                raw = create(**kwargs, extra_headers=self._headers)
+        except openai.APIError as err:
+            # every attempt carries the client's retry count in a header
+            attempts = int(err.request.headers.get("x-stainless-retry-count", 0)) + 1
+            self.usage.add(retries=attempts - 1)
+            if isinstance(err, openai.APIStatusError):
+                status, message = err.status_code, _server_message(err.body)
+            elif isinstance(err, openai.APITimeoutError):
+                status, message = None, f"timed out after {self.timeout} s"
+            else:
+                status, message = None, f"connection error: {err.__cause__!r}"
+            raise HTTPBackendError(url, self.model, status, message, attempts) from err
+        self.usage.add(retries=raw.retries_taken)
+        return raw.parse()
 
     def list_models(self) -> list[str]:
         """Ids of the models the server serves (GET {base_url}/models)."""
-        data = self._request("models")
-        items = data.get("data", []) if isinstance(data, dict) else data
-        return [item["id"] if isinstance(item, dict) else str(item) for item in items]
-
-    def _payload(self, prompt: Prompt, params: SamplingParams) -> dict[str, Any]:
-        payload: dict[str, Any] = {"model": self.model}
-        if self.endpoint == "chat":
-            payload["messages"] = as_messages(prompt)
-        else:
-            payload["prompt"] = _prompt_text(prompt)
-        payload.update(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                       max_tokens=params.max_new_tokens)
-        if params.stop:
-            payload["stop"] = list(params.stop)
-        if params.seed is not None:
-            payload["seed"] = params.seed
-        if self.request_logprobs:
-            payload["logprobs"] = True if self.endpoint == "chat" else 0
-        payload.update(self.extra_body)
-        return payload
+        page = self._send("models", self._client.models.with_raw_response.list)
+        return [m.id for m in page.data]
 
     def _generate_one(self, prompt: Prompt, params: SamplingParams) -> list[Completion]:
-        path = "chat/completions" if self.endpoint == "chat" else "completions"
-        data = self._request(path, self._payload(prompt, params))
         chat = self.endpoint == "chat"
-        choices = data.get("choices") if isinstance(data, dict) else None
+        request: dict[str, Any] = dict(model=self.model, n=params.n, temperature=params.temperature,
+                                       top_p=params.top_p, max_tokens=params.max_new_tokens,
+                                       extra_body=self.extra_body or None)
+        if params.stop:
+            request["stop"] = list(params.stop)
+        if params.seed is not None:
+            request["seed"] = params.seed
+        if chat:
+            path, resource = "chat/completions", self._client.chat.completions
+            request["messages"] = as_messages(prompt)
+        else:
+            path, resource = "completions", self._client.completions
+            request["prompt"] = _prompt_text(prompt)
+        if self.request_logprobs:
+            request["logprobs"] = True if chat else 0
+        data = self._send(path, resource.with_raw_response.create, **request)
+
+        choices = getattr(data, "choices", None)
         if not isinstance(choices, list) or len(choices) < params.n:
             got = len(choices) if isinstance(choices, list) else "no"
-            raise HTTPBackendError(f"{self.base_url}/{path}", 200,
+            raise HTTPBackendError(f"{self.base_url}/{path}", self.model, 200,
                                    f"asked for n={params.n} choices, server returned {got}")
-        choices = sorted(choices, key=lambda c: c.get("index", 0))[: params.n]
-        completions = []
-        for choice in choices:
-            if chat:
-                text = (choice.get("message") or {}).get("content") or ""
-            else:
-                text = choice.get("text") or ""
-            completions.append(Completion(text=text, token_ids=(),
-                                          logprobs=_choice_logprobs(choice, chat),
-                                          finish_reason=_finish_reason(choice.get("finish_reason"))))
-        usage = data.get("usage")
-        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-            self.usage.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                           completion_tokens=int(usage["completion_tokens"]), requests=1)
+        completions = [self._completion(choice, chat)
+                       for choice in sorted(choices, key=lambda c: c.index or 0)[: params.n]]
+        usage = getattr(data, "usage", None)
+        if usage is not None and usage.completion_tokens is not None:
+            self.usage.add(prompt_tokens=int(usage.prompt_tokens or 0),
+                           completion_tokens=int(usage.completion_tokens), requests=1)
         else:
             self.usage.add(completion_tokens=sum(c.n_tokens for c in completions),
                            requests=1, responses_without_usage=1)
         return completions
+
+    def _completion(self, choice: Any, chat: bool) -> Completion:
+        text = ((choice.message.content if choice.message else None) if chat else choice.text) or ""
+        sampled = _sampled_tokens(choice, chat)
+        ids = _token_ids([token for token, _ in sampled])
+        missing = None
+        if ids is None:
+            ids = ()
+            missing = (f"{self.base_url} (model {self.model!r}) returned no token ids"
+                       + ("" if self.token_ids != "none" else
+                          "; a vLLM server returns them with token_ids=vllm in the model spec"))
+        return Completion(text=text, token_ids=ids, logprobs=tuple(lp for _, lp in sampled),
+                          finish_reason=_finish_reason(choice.finish_reason), missing_token_ids=missing)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt (in order), `params.n` completions; one request per prompt."""
