@@ -25,6 +25,7 @@ class FakeState:
         self.sleep = 0.0             # seconds to wait before answering a POST
         self.hold_until = 0          # hold each POST until this many were in flight at once (or 10 s)
         self.vllm_token_ids = False  # emulate vLLM: logprob tokens "token_id:N" when the request asks
+        self.reply_body: bytes | None = None  # answer every POST with these bytes (status 200) instead
         self.logprobs = False        # include logprobs (chat: .content, completions: .token_logprobs)
         self.usage = True            # include usage
         self.posts = 0
@@ -49,8 +50,8 @@ class FakeHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output quiet
         pass
 
-    def _send(self, status: int, payload: dict) -> None:
-        raw = json.dumps(payload).encode()
+    def _send(self, status: int, payload: dict | bytes) -> None:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         if status >= 400:
@@ -83,6 +84,8 @@ class FakeHandler(BaseHTTPRequestHandler):
             if st.sleep:
                 time.sleep(st.sleep)
             status, payload = self._answer(number, body)
+            if st.reply_body is not None:
+                status, payload = 200, st.reply_body
         finally:
             # A request stops counting as in flight *before* its response is written: once the
             # client has the response it may send the next one, and this thread may not have
@@ -268,6 +271,15 @@ def test_no_retry_on_400_and_error_names_status_and_message(fake):
     assert "400" in str(info.value)
     assert "model 'bad' does not exist" in str(info.value)
     assert f"from {fake.url}/chat/completions (model 'bad')" in str(info.value)  # names server and model
+
+
+@pytest.mark.parametrize("reply, message", [(b"<html>oops", "response is not JSON: '<html>oops'"),
+                                             (b'{"object": "list"}', "asked for n=1 choices, server returned none")])
+def test_a_reply_that_is_no_completion_is_an_error_naming_the_server(fake, reply, message):
+    fake.reply_body = reply
+    with pytest.raises(HTTPBackendError, match=message) as info:
+        _policy(fake).generate(["x"], SamplingParams())
+    assert info.value.status == 200 and fake.url in str(info.value)
 
 
 def test_timeout_raises_after_retries(fake):

@@ -1,38 +1,28 @@
 """A policy backed by an OpenAI-compatible HTTP server (vLLM, llama.cpp, OpenAI, `sharpen serve`).
 
-HTTP goes through the official `openai` client (extra `openai`: `pip install 'sharpen[openai]'`):
-one client per policy, whose connection pool keeps at most `max_concurrency` connections open
-and reuses them (keep-alive), and whose own `max_retries` and `timeout` settings retry
-connection errors, timeouts, 408/409/429 and 5xx with exponential back-off (honouring the
-server's Retry-After). Requests run in a thread pool, one request per prompt, at most
-`max_concurrency` in flight per policy.
+HTTP goes through the official `openai` client (`pip install 'sharpen[openai]'`): one client
+per policy, whose pool keeps at most `max_concurrency` connections and reuses them, and whose
+own `max_retries` and `timeout` retry failures. One request per prompt, in a thread pool, at
+most `max_concurrency` in flight per policy.
 
     policy = OpenAIPolicy("http://127.0.0.1:8000/v1", "default")
     policy = load_policy("http://127.0.0.1:8000/v1#default")       # the same, as a model spec
     policy = load_policy("http://127.0.0.1:8000/v1#default?max_retries=5&timeout=30")
 
-Token accounting. The OpenAI API reports `usage` once per *request*, i.e. per prompt group of
-`n` choices, and gives no per-choice token count. Per choice, the policy asks for the sampled
-tokens' logprobs (`request_logprobs=True`, the default), one per generated token, so
-`Completion.n_tokens` (what strategies and evaluation count) is exact. `OpenAIPolicy.usage`
-adds up the server's totals per request; nothing is split among the choices. Consequences:
+Token accounting. The API reports `usage` per request (a prompt's `n` choices), no per-choice
+count. Per choice the policy asks for the sampled tokens' logprobs (`request_logprobs=True`),
+one per generated token, so `Completion.n_tokens` is exact; `OpenAIPolicy.usage` adds up the
+server's totals, which then equal the sum of `n_tokens`. Without logprobs a completion counts
+0 tokens and only `usage` knows the cost; a response without `usage` is counted in
+`usage.responses_without_usage`, and its tokens as the sum of `n_tokens` (a lower bound).
 
-* the totals are exact whenever the server reports `usage`, and equal the sum of `n_tokens`
-  over the returned completions when the server also returned logprobs;
-* with `request_logprobs=False` (for a server that refuses logprobs) every completion counts
-  0 tokens; only `usage` then knows the cost;
-* a response without `usage` is counted in `usage.responses_without_usage`; its completion
-  tokens are then the sum of the completions' `n_tokens`, a lower bound.
+Token ids. The API returns token texts. With `token_ids="vllm"` the policy asks a vLLM server
+for `return_tokens_as_token_ids` ("token_id:<id>" per logprob), and completions carry those
+ids; otherwise `token_ids` is empty and `Completion.missing_token_ids` says why.
 
-Token ids. The OpenAI API returns token texts, not ids. With `token_ids="vllm"` the policy asks
-a vLLM server for `return_tokens_as_token_ids`, which names each logprob's token
-"token_id:<id>"; completions then carry those `token_ids`. Otherwise (or when the server did not
-return ids) `token_ids` is empty and `Completion.missing_token_ids` says why: no id is invented.
-
-What the policy cannot do: it has no tokenizer and no forward pass of its own, so signals and
-strategies that score completions with the model (`self_certainty`, `self_judge`,
-`pairwise_judge`, `likelihood` with source="policy", `self_refine`) refuse it when they are
-built. `likelihood` with source="completion" reads the returned logprobs and works.
+No tokenizer, no forward pass: signals and strategies that score with the model
+(`self_certainty`, `self_judge`, `pairwise_judge`, `likelihood` with source="policy",
+`self_refine`) refuse the policy when built; `likelihood` with source="completion" works.
 """
 
 from __future__ import annotations
@@ -41,7 +31,7 @@ import os
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence
 
 from sharpen.models.base import Completion, ModelSpecError, SamplingParams
@@ -49,8 +39,7 @@ from sharpen.models.formats import as_messages
 from sharpen.tasks.base import Prompt
 
 HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]"
-"""The model-spec form of an OpenAI-compatible server: base URL, '#', served model name, and
-optionally settings of `OpenAIPolicy` (see `SPEC_OPTIONS`)."""
+"""A server's model spec: base URL, '#', served model name, settings from `SPEC_OPTIONS`."""
 
 TOKEN_ID_REQUESTS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -60,19 +49,17 @@ TOKEN_ID_REQUESTS: dict[str, dict[str, Any]] = {
 
 
 def _flag(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    if value.lower() in ("0", "false", "no"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
+    if value not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value == "true"
 
 
 SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {
     "timeout": float, "max_retries": int, "max_concurrency": int, "endpoint": str,
     "request_logprobs": _flag, "token_ids": str,
 }
-"""Settings a model spec may give after the model name ("#MODEL?timeout=30&max_retries=5"),
-each an `OpenAIPolicy` keyword, with the function that reads its value."""
+"""`OpenAIPolicy` keywords a model spec may set ("#MODEL?timeout=30&max_retries=5"), each with
+the function that reads its value."""
 
 
 def _openai() -> Any:
@@ -86,12 +73,8 @@ def _openai() -> Any:
 
 
 class HTTPBackendError(RuntimeError):
-    """A request to the inference server failed for good.
-
-    `status` is the HTTP status (None for connection errors and timeouts), `message` the
-    server's error message (or a description of the transport failure), `attempts` how many
-    times the request was sent.
-    """
+    """A request to the server failed for good: `status` (None for connection errors and
+    timeouts), the server's `message` (or the transport failure), `attempts` made."""
 
     def __init__(self, url: str, model: str, status: Optional[int], message: str, attempts: int = 1):
         self.url = url
@@ -119,39 +102,30 @@ class TokenUsage:
 
     @property
     def total_tokens(self) -> int:
-        with self._lock:
-            return self.prompt_tokens + self.completion_tokens
+        return self.snapshot()["total_tokens"]
 
-    def add(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, requests: int = 0,
-            retries: int = 0, responses_without_usage: int = 0) -> None:
+    def add(self, **counts: int) -> None:
+        """Add to the named counters."""
         with self._lock:
-            self.prompt_tokens += prompt_tokens
-            self.completion_tokens += completion_tokens
-            self.requests += requests
-            self.retries += retries
-            self.responses_without_usage += responses_without_usage
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
 
     def snapshot(self) -> dict[str, int]:
-        """A consistent copy of the counters."""
+        """A consistent copy of the counters, and total_tokens."""
         with self._lock:
-            return {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-                "requests": self.requests,
-                "retries": self.retries,
-                "responses_without_usage": self.responses_without_usage,
-            }
+            counts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+        return {**counts, "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"]}
 
     def reset(self) -> None:
         with self._lock:
-            self.prompt_tokens = self.completion_tokens = 0
-            self.requests = self.retries = self.responses_without_usage = 0
+            for f in fields(self):
+                if f.name != "_lock":
+                    setattr(self, f.name, 0)
 
 
 def _server_message(body: Any) -> str:
-    """The server's error message from an error body as the client decoded it (OpenAI's
-    `{"error": {"message"}}` arrives as the inner object, FastAPI's `{"detail"}`, plain text)."""
+    """The message of an error body as the client decoded it (OpenAI's inner "error" object,
+    FastAPI's {"detail"}, or text)."""
     if isinstance(body, dict):
         for key in ("message", "detail", "msg", "error"):
             if body.get(key):
@@ -161,12 +135,9 @@ def _server_message(body: Any) -> str:
 
 
 def _prompt_text(prompt: Prompt) -> str:
-    """A prompt as one string for the completions endpoint.
-
-    A string is sent unchanged; a single user message is sent as its content; a longer
-    conversation is rendered as "role: content" lines ending with "assistant: " (raw
-    completion servers apply no chat template, so use endpoint="chat" for those).
-    """
+    """A prompt as one string for the completions endpoint: a string or a single user
+    message as is, a conversation as "role: content" lines ending with "assistant: " (no chat
+    template is applied: use endpoint="chat" for conversations)."""
     if isinstance(prompt, str):
         return prompt
     messages = as_messages(prompt)
@@ -208,19 +179,16 @@ def _token_ids(tokens: Sequence[str]) -> Optional[tuple[int, ...]]:
 class OpenAIPolicy:
     """Samples completions from an OpenAI-compatible server; see the module docstring.
 
-    `base_url` includes the API prefix, e.g. "http://localhost:8000/v1". `endpoint` chooses
-    POST {base_url}/chat/completions (messages) or {base_url}/completions (a prompt string).
-    `timeout` (seconds per attempt) and `max_retries` (retries after the first attempt) are
-    the `openai` client's settings: it retries connection errors, timeouts, 408/409/429 and
-    5xx, waiting 0.5 s doubling up to 8 s (with jitter), or the server's Retry-After up to
-    2 minutes; other statuses raise `HTTPBackendError` at once. `token_ids` is a key of
-    `TOKEN_ID_REQUESTS` ("vllm" asks a vLLM server for the sampled ids); `extra_body` adds
-    fields to every request (e.g. vLLM's `top_k`).
+    `base_url` includes the API prefix ("http://localhost:8000/v1"); `endpoint` is "chat"
+    (messages) or "completions" (a prompt string). `timeout` (seconds per attempt) and
+    `max_retries` are the `openai` client's: it retries connection errors, timeouts,
+    408/409/429 and 5xx, waiting 0.5 s doubling to 8 s (jittered) or the server's Retry-After
+    (up to 2 min); other statuses raise `HTTPBackendError` at once. `token_ids` is a key of
+    `TOKEN_ID_REQUESTS`; `extra_body` adds fields to every request (e.g. vLLM's `top_k`).
 
-    `SamplingParams.seed` is sent unchanged with every prompt of a call; reproducibility then
-    depends on the server. Server-side logprobs are whatever the server reports, which may be
-    under the sampling temperature rather than temperature 1 as `Completion.logprobs`
-    documents for local backends (`sharpen serve` reports them at temperature 1).
+    `SamplingParams.seed` goes with every prompt; reproducibility depends on the server. The
+    logprobs are the server's, possibly under the sampling temperature, not temperature 1 as
+    for local backends (`sharpen serve` reports them at temperature 1).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: Optional[str] = None,
@@ -263,9 +231,8 @@ class OpenAIPolicy:
 
     @classmethod
     def from_spec(cls, spec: str) -> "OpenAIPolicy":
-        """The policy for a model spec "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]": the
-        base URL before '#', the name the server serves the model under after it, then settings
-        from `SPEC_OPTIONS`, e.g. "http://127.0.0.1:8000/v1#default?max_retries=5"."""
+        """The policy for a model spec `HTTP_SPEC`, e.g. "http://127.0.0.1:8000/v1#default" or
+        "http://127.0.0.1:8000/v1#default?max_retries=5" (the served model name after '#')."""
         base_url, _, fragment = spec.partition("#")
         model, _, query = fragment.partition("?")
         try:
@@ -322,7 +289,11 @@ class OpenAIPolicy:
                 status, message = None, f"connection error: {err.__cause__!r}"
             raise HTTPBackendError(url, self.model, status, message, attempts) from err
         self.usage.add(retries=raw.retries_taken)
-        return raw.parse()
+        try:
+            return raw.parse()
+        except ValueError as e:  # a body that is not JSON
+            raise HTTPBackendError(url, self.model, raw.status_code,
+                                   f"response is not JSON: {raw.http_response.text[:200]!r}") from e
 
     def list_models(self) -> list[str]:
         """Ids of the models the server serves (GET {base_url}/models)."""
@@ -350,7 +321,7 @@ class OpenAIPolicy:
 
         choices = getattr(data, "choices", None)
         if not isinstance(choices, list) or len(choices) < params.n:
-            got = len(choices) if isinstance(choices, list) else "no"
+            got = f"{len(choices)}" if isinstance(choices, list) else f"none: {str(data)[:200]!r}"
             raise HTTPBackendError(f"{self.base_url}/{path}", self.model, 200,
                                    f"asked for n={params.n} choices, server returned {got}")
         completions = [self._completion(choice, chat)
