@@ -434,17 +434,20 @@ class FailingFirst:
 
 @pytest.fixture
 def serve(tiny_policy):
-    """`sharpen serve` on loopback over the tiny model; `.connections` counts accepted TCP connections."""
+    """`sharpen serve` on loopback over the tiny model; `.connections` counts accepted TCP
+    connections, `.sockets` keeps them (with their client addresses)."""
     from sharpen.serve import make_server
 
     policy = FailingFirst(tiny_policy)
     srv = make_server(policy, port=0, max_n=8, max_tokens_limit=16)
     srv.connections = 0
+    srv.sockets = []
     accept = srv.get_request
 
     def counting_accept():
         srv.connections += 1
-        return accept()
+        srv.sockets.append(accept())
+        return srv.sockets[-1]
 
     srv.get_request = counting_accept
     srv.wrapped = policy
@@ -479,3 +482,15 @@ def test_real_serve_500_is_retried_and_404_is_not(serve):
         OpenAIPolicy(serve.url, "nope", max_retries=2).generate(["x"], SamplingParams(max_new_tokens=4))
     assert info.value.status == 404 and info.value.attempts == 1
     assert "'nope' does not exist" in str(info.value) and "(model 'nope')" in str(info.value)
+
+
+def test_real_serve_answers_without_waiting_for_delayed_acks(serve):
+    # The server writes headers and body separately: with Nagle's algorithm on, every response
+    # after the first on a kept-alive connection waited ~40 ms for the client's delayed ACK.
+    import socket
+
+    policy = OpenAIPolicy(serve.url, "default", max_concurrency=1)
+    policy.generate(["1+1=", "2+2="], SamplingParams(max_new_tokens=1))
+    ((sock, _),) = serve.sockets  # one connection, kept alive
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    policy.close()

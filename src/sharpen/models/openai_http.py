@@ -72,6 +72,11 @@ def _openai() -> Any:
     return openai
 
 
+def _attempts(request: Any) -> int:
+    """How many times the client has sent a request: each attempt carries its retry count."""
+    return int(request.headers.get("x-stainless-retry-count", 0)) + 1
+
+
 class HTTPBackendError(RuntimeError):
     """A request to the server failed for good: `status` (None for connection errors and
     timeouts), the server's `message` (or the transport failure), `attempts` made."""
@@ -153,15 +158,16 @@ def _finish_reason(reason: Any) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _sampled_tokens(choice: Any, chat: bool) -> list[tuple[str, float]]:
+def _sampled_tokens(choice: dict, chat: bool) -> list[tuple[str, float]]:
     """(token text, logprob) of each generated token the server reported for one choice."""
-    lp = choice.logprobs
-    if lp is None:
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
         return []
     if chat:
-        return [(t.token, float(t.logprob)) for t in lp.content or [] if t.logprob is not None]
-    pairs = zip(lp.tokens or [], lp.token_logprobs or [])  # the legacy completions format
-    return [(t, float(v)) for t, v in pairs if v is not None]
+        pairs = [(t.get("token", ""), t.get("logprob")) for t in lp.get("content") or []]
+    else:  # the legacy completions format
+        pairs = list(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))
+    return [(str(t), float(v)) for t, v in pairs if v is not None]
 
 
 def _token_ids(tokens: Sequence[str]) -> Optional[tuple[int, ...]]:
@@ -269,17 +275,24 @@ class OpenAIPolicy:
 
     # -- requests -----------------------------------------------------------------------
 
-    def _send(self, path: str, create: Callable[..., Any], **kwargs: Any) -> Any:
-        """One call through the client (its retries included) within a concurrency slot; the
-        parsed response, or HTTPBackendError naming the server, the model and the attempts."""
+    def _send(self, path: str, payload: Optional[dict] = None) -> Any:
+        """GET (or POST `payload` to) {base_url}/{path} through the client (its retries
+        included) within a concurrency slot: the decoded JSON body, or HTTPBackendError naming
+        the server, the model and the attempts. (The client's generic `get`/`post` rather than
+        its typed resources: the same pool and retries without a per-request type transform.)"""
         openai = _openai()
-        url = f"{self.base_url}/{path}"
+        import httpx2  # the HTTP library under openai 3: its Response is the raw answer
+
+        url, options = f"{self.base_url}/{path}", {"headers": self._headers}
         try:
             with self._slots:
-                raw = create(**kwargs, extra_headers=self._headers)
+                if payload is None:
+                    response = self._client.get(f"/{path}", cast_to=httpx2.Response, options=options)
+                else:
+                    response = self._client.post(f"/{path}", body=payload, cast_to=httpx2.Response,
+                                                 options=options)
         except openai.APIError as err:
-            # every attempt carries the client's retry count in a header
-            attempts = int(err.request.headers.get("x-stainless-retry-count", 0)) + 1
+            attempts = _attempts(err.request)
             self.usage.add(retries=attempts - 1)
             if isinstance(err, openai.APIStatusError):
                 status, message = err.status_code, _server_message(err.body)
@@ -288,55 +301,56 @@ class OpenAIPolicy:
             else:
                 status, message = None, f"connection error: {err.__cause__!r}"
             raise HTTPBackendError(url, self.model, status, message, attempts) from err
-        self.usage.add(retries=raw.retries_taken)
+        self.usage.add(retries=_attempts(response.request) - 1)
         try:
-            return raw.parse()
-        except ValueError as e:  # a body that is not JSON
-            raise HTTPBackendError(url, self.model, raw.status_code,
-                                   f"response is not JSON: {raw.http_response.text[:200]!r}") from e
+            return response.json()
+        except ValueError as e:
+            raise HTTPBackendError(url, self.model, response.status_code,
+                                   f"response is not JSON: {response.text[:200]!r}") from e
 
     def list_models(self) -> list[str]:
         """Ids of the models the server serves (GET {base_url}/models)."""
-        page = self._send("models", self._client.models.with_raw_response.list)
-        return [m.id for m in page.data]
+        data = self._send("models")
+        items = data.get("data", []) if isinstance(data, dict) else data
+        return [item["id"] if isinstance(item, dict) else str(item) for item in items]
 
     def _generate_one(self, prompt: Prompt, params: SamplingParams) -> list[Completion]:
         chat = self.endpoint == "chat"
-        request: dict[str, Any] = dict(model=self.model, n=params.n, temperature=params.temperature,
-                                       top_p=params.top_p, max_tokens=params.max_new_tokens,
-                                       extra_body=self.extra_body or None)
-        if params.stop:
-            request["stop"] = list(params.stop)
-        if params.seed is not None:
-            request["seed"] = params.seed
+        payload: dict[str, Any] = {"model": self.model}
         if chat:
-            path, resource = "chat/completions", self._client.chat.completions
-            request["messages"] = as_messages(prompt)
+            payload["messages"] = as_messages(prompt)
         else:
-            path, resource = "completions", self._client.completions
-            request["prompt"] = _prompt_text(prompt)
+            payload["prompt"] = _prompt_text(prompt)
+        payload.update(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                       max_tokens=params.max_new_tokens)
+        if params.stop:
+            payload["stop"] = list(params.stop)
+        if params.seed is not None:
+            payload["seed"] = params.seed
         if self.request_logprobs:
-            request["logprobs"] = True if chat else 0
-        data = self._send(path, resource.with_raw_response.create, **request)
+            payload["logprobs"] = True if chat else 0
+        payload.update(self.extra_body)
+        path = "chat/completions" if chat else "completions"
+        data = self._send(path, payload)
 
-        choices = getattr(data, "choices", None)
+        choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or len(choices) < params.n:
             got = f"{len(choices)}" if isinstance(choices, list) else f"none: {str(data)[:200]!r}"
             raise HTTPBackendError(f"{self.base_url}/{path}", self.model, 200,
                                    f"asked for n={params.n} choices, server returned {got}")
         completions = [self._completion(choice, chat)
-                       for choice in sorted(choices, key=lambda c: c.index or 0)[: params.n]]
-        usage = getattr(data, "usage", None)
-        if usage is not None and usage.completion_tokens is not None:
-            self.usage.add(prompt_tokens=int(usage.prompt_tokens or 0),
-                           completion_tokens=int(usage.completion_tokens), requests=1)
+                       for choice in sorted(choices, key=lambda c: c.get("index", 0))[: params.n]]
+        usage = data.get("usage")
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            self.usage.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                           completion_tokens=int(usage["completion_tokens"]), requests=1)
         else:
             self.usage.add(completion_tokens=sum(c.n_tokens for c in completions),
                            requests=1, responses_without_usage=1)
         return completions
 
-    def _completion(self, choice: Any, chat: bool) -> Completion:
-        text = ((choice.message.content if choice.message else None) if chat else choice.text) or ""
+    def _completion(self, choice: dict, chat: bool) -> Completion:
+        text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
         sampled = _sampled_tokens(choice, chat)
         ids = _token_ids([token for token, _ in sampled])
         missing = None
@@ -346,7 +360,7 @@ class OpenAIPolicy:
                        + ("" if self.token_ids != "none" else
                           "; a vLLM server returns them with token_ids=vllm in the model spec"))
         return Completion(text=text, token_ids=ids, logprobs=tuple(lp for _, lp in sampled),
-                          finish_reason=_finish_reason(choice.finish_reason), missing_token_ids=missing)
+                          finish_reason=_finish_reason(choice.get("finish_reason")), missing_token_ids=missing)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt (in order), `params.n` completions; one request per prompt."""
