@@ -41,10 +41,7 @@ from sharpen.tasks.base import Prompt
 HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]"
 """A server's model spec: base URL, '#', served model name, settings from `SPEC_OPTIONS`."""
 
-TOKEN_ID_REQUESTS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "vllm": {"return_tokens_as_token_ids": True},
-}
+TOKEN_ID_REQUESTS: dict[str, dict[str, Any]] = {"none": {}, "vllm": {"return_tokens_as_token_ids": True}}
 """How to ask a server for the sampled token ids (extra request fields), by server kind."""
 
 
@@ -54,10 +51,8 @@ def _flag(value: str) -> bool:
     return value == "true"
 
 
-SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "timeout": float, "max_retries": int, "max_concurrency": int, "endpoint": str,
-    "request_logprobs": _flag, "token_ids": str,
-}
+SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {"timeout": float, "max_retries": int, "max_concurrency": int,
+                                                 "endpoint": str, "request_logprobs": _flag, "token_ids": str}
 """`OpenAIPolicy` keywords a model spec may set ("#MODEL?timeout=30&max_retries=5"), each with
 the function that reads its value."""
 
@@ -152,12 +147,6 @@ def _prompt_text(prompt: Prompt) -> str:
     return "\n".join(lines) + "\nassistant: "
 
 
-def _finish_reason(reason: Any) -> str:
-    """The server's finish reason in sharpen's two values: anything but "length" ("stop",
-    "eos", a stop string, None, "content_filter") ended before the token budget: "stop"."""
-    return "length" if reason == "length" else "stop"
-
-
 def _sampled_tokens(choice: dict, chat: bool) -> list[tuple[str, float]]:
     """(token text, logprob) of each generated token the server reported for one choice."""
     lp = choice.get("logprobs")
@@ -173,13 +162,10 @@ def _sampled_tokens(choice: dict, chat: bool) -> list[tuple[str, float]]:
 def _token_ids(tokens: Sequence[str]) -> Optional[tuple[int, ...]]:
     """The ids in vLLM's `return_tokens_as_token_ids` form ("token_id:123" per token), or
     None unless every token has that form."""
-    ids = []
-    for token in tokens:
-        prefix, _, number = token.partition(":")
-        if prefix != "token_id" or not number.isdigit():
-            return None
-        ids.append(int(number))
-    return tuple(ids) if ids else None
+    numbers = [t[len("token_id:"):] for t in tokens if t.startswith("token_id:")]
+    if not tokens or len(numbers) < len(tokens) or not all(n.isdigit() for n in numbers):
+        return None
+    return tuple(int(n) for n in numbers)
 
 
 class OpenAIPolicy:
@@ -211,7 +197,9 @@ class OpenAIPolicy:
             raise ValueError(f"token_ids must be one of {', '.join(TOKEN_ID_REQUESTS)}, got {token_ids!r}")
         if token_ids != "none" and not request_logprobs:
             raise ValueError("token_ids come with the logprobs: they need request_logprobs=True")
-        openai = _openai()
+        openai = self._openai = _openai()
+        import httpx2  # the HTTP library under openai 3 (its dependency)
+
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout = timeout
@@ -224,9 +212,8 @@ class OpenAIPolicy:
         self.usage = TokenUsage()
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         # A pool as large as the requests in flight: every connection is reused, none waits.
-        # (Limits is the class of the HTTP library under openai, httpx2 in openai 3.)
-        limits_class = type(openai.DEFAULT_CONNECTION_LIMITS)
-        limits = limits_class(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        limits = httpx2.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._raw_response = httpx2.Response  # what the client's generic get/post return as is
         self._client = openai.OpenAI(
             base_url=self.base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries,
             http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout))
@@ -280,16 +267,14 @@ class OpenAIPolicy:
         included) within a concurrency slot: the decoded JSON body, or HTTPBackendError naming
         the server, the model and the attempts. (The client's generic `get`/`post` rather than
         its typed resources: the same pool and retries without a per-request type transform.)"""
-        openai = _openai()
-        import httpx2  # the HTTP library under openai 3: its Response is the raw answer
-
+        openai = self._openai
         url, options = f"{self.base_url}/{path}", {"headers": self._headers}
         try:
             with self._slots:
                 if payload is None:
-                    response = self._client.get(f"/{path}", cast_to=httpx2.Response, options=options)
+                    response = self._client.get(f"/{path}", cast_to=self._raw_response, options=options)
                 else:
-                    response = self._client.post(f"/{path}", body=payload, cast_to=httpx2.Response,
+                    response = self._client.post(f"/{path}", body=payload, cast_to=self._raw_response,
                                                  options=options)
         except openai.APIError as err:
             attempts = _attempts(err.request)
@@ -316,13 +301,12 @@ class OpenAIPolicy:
 
     def _generate_one(self, prompt: Prompt, params: SamplingParams) -> list[Completion]:
         chat = self.endpoint == "chat"
-        payload: dict[str, Any] = {"model": self.model}
+        payload: dict[str, Any] = {"model": self.model, "n": params.n, "temperature": params.temperature,
+                                   "top_p": params.top_p, "max_tokens": params.max_new_tokens}
         if chat:
             payload["messages"] = as_messages(prompt)
         else:
             payload["prompt"] = _prompt_text(prompt)
-        payload.update(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                       max_tokens=params.max_new_tokens)
         if params.stop:
             payload["stop"] = list(params.stop)
         if params.seed is not None:
@@ -353,14 +337,12 @@ class OpenAIPolicy:
         text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
         sampled = _sampled_tokens(choice, chat)
         ids = _token_ids([token for token, _ in sampled])
-        missing = None
-        if ids is None:
-            ids = ()
-            missing = (f"{self.base_url} (model {self.model!r}) returned no token ids"
-                       + ("" if self.token_ids != "none" else
-                          "; a vLLM server returns them with token_ids=vllm in the model spec"))
-        return Completion(text=text, token_ids=ids, logprobs=tuple(lp for _, lp in sampled),
-                          finish_reason=_finish_reason(choice.get("finish_reason")), missing_token_ids=missing)
+        hint = "; a vLLM server returns them with token_ids=vllm in the model spec" if self.token_ids == "none" else ""
+        missing = None if ids else f"{self.base_url} (model {self.model!r}) returned no token ids{hint}"
+        return Completion(text=text, token_ids=ids or (), logprobs=tuple(lp for _, lp in sampled),
+                          # anything but "length" ("stop", "eos", None, "content_filter") is "stop"
+                          finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                          missing_token_ids=missing)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt (in order), `params.n` completions; one request per prompt."""
