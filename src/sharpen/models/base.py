@@ -72,6 +72,9 @@ class Completion:
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
     """With SamplingParams.top_logprobs = k: for each generated token, the k most likely
     (token id, logprob) pairs of the distribution its logprob comes from, most likely first."""
+    missing_token_ids: Optional[str] = None
+    """Why `token_ids` is empty although tokens were generated (a server that returned no ids);
+    None when `token_ids` are the sampled tokens."""
 
     @property
     def n_tokens(self) -> int:

@@ -1,76 +1,90 @@
-"""A policy backed by an OpenAI-compatible HTTP server (vLLM, llama.cpp, OpenAI, ...).
+"""A policy backed by an OpenAI-compatible HTTP server (vLLM, llama.cpp, OpenAI, `sharpen serve`).
 
-Only the standard library speaks HTTP here (`urllib.request`), and requests run in a
-thread pool, one request per prompt, at most `max_concurrency` in flight per policy.
+HTTP goes through the official `openai` client (`pip install 'sharpen[openai]'`): one client
+per policy, whose pool keeps at most `max_concurrency` connections and reuses them, and whose
+own `max_retries` and `timeout` retry failures. One request per prompt, in a thread pool, at
+most `max_concurrency` in flight per policy.
 
     policy = OpenAIPolicy("http://127.0.0.1:8000/v1", "default")
     policy = load_policy("http://127.0.0.1:8000/v1#default")       # the same, as a model spec
+    policy = load_policy("http://127.0.0.1:8000/v1#default?max_retries=5&timeout=30")
 
-Token accounting. The OpenAI API reports `usage` once per *request*, i.e. per prompt
-group of `n` choices, and gives no per-choice token count, nor token ids. Per choice, the
-policy asks for the sampled tokens' logprobs (`request_logprobs=True`, the default), one
-per generated token, so `Completion.n_tokens` (what strategies and evaluation count) is
-exact. `OpenAIPolicy.usage` adds up the server's totals (`prompt_tokens`,
-`completion_tokens`) per request; nothing is split among the choices and no `Completion`
-carries an invented count. Consequences:
+Token accounting. The API reports `usage` per request (a prompt's `n` choices), no per-choice
+count. Per choice the policy asks for the sampled tokens' logprobs (`request_logprobs=True`),
+one per generated token, so `Completion.n_tokens` is exact; `OpenAIPolicy.usage` adds up the
+server's totals, which then equal the sum of `n_tokens`. Without logprobs a completion counts
+0 tokens and only `usage` knows the cost; a response without `usage` is counted in
+`usage.responses_without_usage`, and its tokens as the sum of `n_tokens` (a lower bound).
 
-* the totals are exact whenever the server reports `usage` (cost of a call is
-  `usage.completion_tokens` after minus before), and equal the sum of `n_tokens` over the
-  returned completions when the server also returned logprobs;
-* with `request_logprobs=False` (for a server that refuses logprobs) every completion
-  counts 0 tokens; only `usage` then knows the cost;
-* a response without `usage` is counted in `usage.responses_without_usage`; its
-  completion tokens are then the sum of the completions' `n_tokens`, so the totals are a
-  lower bound in that case.
+Token ids. The API returns token texts. With `token_ids="vllm"` the policy asks a vLLM server
+for `return_tokens_as_token_ids` ("token_id:<id>" per logprob), and completions carry those
+ids; otherwise `token_ids` is empty and `Completion.missing_token_ids` says why.
 
-What the policy cannot do: it has no tokenizer and no forward pass of its own, so signals
-and strategies that score completions with the model (`self_certainty`, `self_judge`,
-`pairwise_judge`, `likelihood` with source="policy", `self_refine`) refuse it when they are
-built.
-`likelihood` with source="completion" reads the returned logprobs and works.
+No tokenizer, no forward pass: signals and strategies that score with the model
+(`self_certainty`, `self_judge`, `pairwise_judge`, `likelihood` with source="policy",
+`self_refine`) refuse the policy when built; `likelihood` with source="completion" works.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional, Sequence
 
 from sharpen.models.base import Completion, ModelSpecError, SamplingParams
 from sharpen.models.formats import as_messages
 from sharpen.tasks.base import Prompt
 
-RETRY_STATUSES = frozenset({408, 409, 429})
-"""Statuses retried besides every 5xx (request timeout, conflict, rate limit)."""
+HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]"
+"""A server's model spec: base URL, '#', served model name, settings from `SPEC_OPTIONS`."""
 
-HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL"
-"""The model-spec form of an OpenAI-compatible server: base URL, '#', served model name."""
+TOKEN_ID_REQUESTS: dict[str, dict[str, Any]] = {"none": {}, "vllm": {"return_tokens_as_token_ids": True}}
+"""How to ask a server for the sampled token ids (extra request fields), by server kind."""
+
+
+def _flag(value: str) -> bool:
+    if value not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value == "true"
+
+
+SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {"timeout": float, "max_retries": int, "max_concurrency": int,
+                                                 "endpoint": str, "request_logprobs": _flag, "token_ids": str}
+"""`OpenAIPolicy` keywords a model spec may set ("#MODEL?timeout=30&max_retries=5"), each with
+the function that reads its value."""
+
+
+def _openai() -> Any:
+    """The `openai` module, or a clear error naming the extra that installs it."""
+    try:
+        import openai
+    except ImportError as e:
+        raise ModelSpecError("an OpenAI-compatible server needs the 'openai' package: "
+                             "pip install 'sharpen[openai]'") from e
+    return openai
+
+
+def _attempts(request: Any) -> int:
+    """How many times the client has sent a request: each attempt carries its retry count."""
+    return int(request.headers.get("x-stainless-retry-count", 0)) + 1
 
 
 class HTTPBackendError(RuntimeError):
-    """A request to the inference server failed for good.
+    """A request to the server failed for good: `status` (None for connection errors and
+    timeouts), the server's `message` (or the transport failure), `attempts` made."""
 
-    `status` is the HTTP status (None for connection errors and timeouts), `message`
-    the server's error message (or a description of the transport failure), `attempts`
-    how many times the request was sent.
-    """
-
-    def __init__(self, url: str, status: Optional[int], message: str, attempts: int = 1):
+    def __init__(self, url: str, model: str, status: Optional[int], message: str, attempts: int = 1):
         self.url = url
+        self.model = model
         self.status = status
         self.message = message
         self.attempts = attempts
         what = f"HTTP {status}" if status is not None else "request failed"
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        super().__init__(f"{what} from {url}{tries}: {message}")
+        super().__init__(f"{what} from {url} (model {model!r}){tries}: {message}")
 
 
 @dataclass
@@ -82,85 +96,48 @@ class TokenUsage:
     requests: int = 0
     """Successful requests (one per prompt per `generate` call)."""
     retries: int = 0
-    """Extra attempts made after a retryable failure."""
+    """Extra attempts the client made after a retryable failure."""
     responses_without_usage: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def total_tokens(self) -> int:
-        with self._lock:
-            return self.prompt_tokens + self.completion_tokens
+        return self.snapshot()["total_tokens"]
 
-    def add(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, requests: int = 0,
-            retries: int = 0, responses_without_usage: int = 0) -> None:
+    def add(self, **counts: int) -> None:
+        """Add to the named counters."""
         with self._lock:
-            self.prompt_tokens += prompt_tokens
-            self.completion_tokens += completion_tokens
-            self.requests += requests
-            self.retries += retries
-            self.responses_without_usage += responses_without_usage
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
 
     def snapshot(self) -> dict[str, int]:
-        """A consistent copy of the counters."""
+        """A consistent copy of the counters, and total_tokens."""
         with self._lock:
-            return {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-                "requests": self.requests,
-                "retries": self.retries,
-                "responses_without_usage": self.responses_without_usage,
-            }
+            counts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+        return {**counts, "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"]}
 
     def reset(self) -> None:
         with self._lock:
-            self.prompt_tokens = self.completion_tokens = 0
-            self.requests = self.retries = self.responses_without_usage = 0
+            for f in fields(self):
+                if f.name != "_lock":
+                    setattr(self, f.name, 0)
 
 
-class _Retryable(Exception):
-    def __init__(self, status: Optional[int], message: str, retry_after: Optional[float] = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-
-
-def _error_message(body: bytes) -> str:
-    """The server's error message from an error body (OpenAI, FastAPI or plain text)."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:500] or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            for key in ("message", "detail", "msg"):
-                if err.get(key):
-                    return str(err[key])
-        elif isinstance(err, str) and err:
-            return err
-        if data.get("detail"):
-            return str(data["detail"])
-    return text[:500]
-
-
-def _retry_after(headers: Any) -> Optional[float]:
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def _server_message(body: Any) -> str:
+    """The message of an error body as the client decoded it (OpenAI's inner "error" object,
+    FastAPI's {"detail"}, or text)."""
+    if isinstance(body, dict):
+        for key in ("message", "detail", "msg", "error"):
+            if body.get(key):
+                return str(body[key])
+    text = str(body or "").strip()
+    return text[:500] or "(empty body)"
 
 
 def _prompt_text(prompt: Prompt) -> str:
-    """A prompt as one string for the completions endpoint.
-
-    A string is sent unchanged; a single user message is sent as its content; a longer
-    conversation is rendered as "role: content" lines ending with "assistant: " (raw
-    completion servers apply no chat template, so use endpoint="chat" for those).
-    """
+    """A prompt as one string for the completions endpoint: a string or a single user
+    message as is, a conversation as "role: content" lines ending with "assistant: " (no chat
+    template is applied: use endpoint="chat" for conversations)."""
     if isinstance(prompt, str):
         return prompt
     messages = as_messages(prompt)
@@ -170,47 +147,45 @@ def _prompt_text(prompt: Prompt) -> str:
     return "\n".join(lines) + "\nassistant: "
 
 
-def _finish_reason(reason: Any) -> str:
-    """The server's finish reason in sharpen's two values: "length" or "stop".
-
-    Anything other than "length" ("stop", "eos", a stop string, None, "content_filter")
-    means the completion ended before the token budget, i.e. "stop".
-    """
-    return "length" if reason == "length" else "stop"
-
-
-def _choice_logprobs(choice: dict, chat: bool) -> tuple[float, ...]:
+def _sampled_tokens(choice: dict, chat: bool) -> list[tuple[str, float]]:
+    """(token text, logprob) of each generated token the server reported for one choice."""
     lp = choice.get("logprobs")
     if not isinstance(lp, dict):
-        return ()
-    if chat or "content" in lp:
-        content = lp.get("content") or []
-        return tuple(float(t["logprob"]) for t in content if t.get("logprob") is not None)
-    values = lp.get("token_logprobs") or []  # legacy completions format
-    return tuple(float(v) for v in values if v is not None)
+        return []
+    if chat:
+        pairs = [(t.get("token", ""), t.get("logprob")) for t in lp.get("content") or []]
+    else:  # the legacy completions format
+        pairs = list(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))
+    return [(str(t), float(v)) for t, v in pairs if v is not None]
+
+
+def _token_ids(tokens: Sequence[str]) -> Optional[tuple[int, ...]]:
+    """The ids in vLLM's `return_tokens_as_token_ids` form ("token_id:123" per token), or
+    None unless every token has that form."""
+    numbers = [t[len("token_id:"):] for t in tokens if t.startswith("token_id:")]
+    if not tokens or len(numbers) < len(tokens) or not all(n.isdigit() for n in numbers):
+        return None
+    return tuple(int(n) for n in numbers)
 
 
 class OpenAIPolicy:
     """Samples completions from an OpenAI-compatible server; see the module docstring.
 
-    `base_url` includes the API prefix, e.g. "http://localhost:8000/v1". `endpoint`
-    chooses POST {base_url}/chat/completions (messages) or {base_url}/completions
-    (a prompt string). `max_retries` is the number of retries after the first attempt;
-    the wait before retry i (0-based) is `backoff * 2**i`, or the server's Retry-After
-    if that is longer (capped at 60 s). Connection errors, timeouts, 408/409/429 and 5xx
-    are retried; other statuses raise `HTTPBackendError` at once.
+    `base_url` includes the API prefix ("http://localhost:8000/v1"); `endpoint` is "chat"
+    (messages) or "completions" (a prompt string). `timeout` (seconds per attempt) and
+    `max_retries` are the `openai` client's: it retries connection errors, timeouts,
+    408/409/429 and 5xx, waiting 0.5 s doubling to 8 s (jittered) or the server's Retry-After
+    (up to 2 min); other statuses raise `HTTPBackendError` at once. `token_ids` is a key of
+    `TOKEN_ID_REQUESTS`; `extra_body` adds fields to every request (e.g. vLLM's `top_k`).
 
-    `SamplingParams.seed` is sent unchanged with every prompt of a call; reproducibility
-    then depends on the server. Server-side logprobs (`request_logprobs=True`) are
-    whatever the server reports, which may be under the sampling temperature rather than
-    temperature 1 as `Completion.logprobs` documents for local backends (`sharpen serve`
-    reports them at temperature 1).
+    `SamplingParams.seed` goes with every prompt; reproducibility depends on the server. The
+    logprobs are the server's, possibly under the sampling temperature, not temperature 1 as
+    for local backends (`sharpen serve` reports them at temperature 1).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: Optional[str] = None,
-                 timeout: float = 60.0, max_retries: int = 3, backoff: float = 0.5,
-                 max_concurrency: int = 8, endpoint: str = "chat",
-                 request_logprobs: bool = True,
+                 timeout: float = 60.0, max_retries: int = 3, max_concurrency: int = 8,
+                 endpoint: str = "chat", request_logprobs: bool = True, token_ids: str = "none",
                  extra_body: Optional[dict[str, Any]] = None):
         if endpoint not in ("chat", "completions"):
             raise ValueError(f'endpoint must be "chat" or "completions", got {endpoint!r}')
@@ -218,26 +193,41 @@ class OpenAIPolicy:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if token_ids not in TOKEN_ID_REQUESTS:
+            raise ValueError(f"token_ids must be one of {', '.join(TOKEN_ID_REQUESTS)}, got {token_ids!r}")
+        if token_ids != "none" and not request_logprobs:
+            raise ValueError("token_ids come with the logprobs: they need request_logprobs=True")
+        openai = self._openai = _openai()
+        import httpx2  # the HTTP library under openai 3 (its dependency)
+
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
         self.max_concurrency = max_concurrency
         self.endpoint = endpoint
         self.request_logprobs = request_logprobs
-        self.extra_body = dict(extra_body or {})
+        self.token_ids = token_ids
+        self.extra_body = {**TOKEN_ID_REQUESTS[token_ids], **(extra_body or {})}
         self.usage = TokenUsage()
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        # A pool as large as the requests in flight: every connection is reused, none waits.
+        limits = httpx2.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._raw_response = httpx2.Response  # what the client's generic get/post return as is
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout))
+        # Without a key (vLLM, llama.cpp, sharpen serve) requests carry no Authorization header.
+        self._headers = {} if api_key else {"Authorization": openai.Omit()}
         # Bounds requests in flight even when several threads call generate() at once.
         self._slots = threading.BoundedSemaphore(max_concurrency)
 
     @classmethod
     def from_spec(cls, spec: str) -> "OpenAIPolicy":
-        """The policy (default settings) for a model spec "http(s)://HOST:PORT/PREFIX#MODEL":
-        the base URL before '#', the name the server serves the model under after it, e.g.
-        "http://127.0.0.1:8000/v1#default"."""
-        base_url, _, model = spec.partition("#")
+        """The policy for a model spec `HTTP_SPEC`, e.g. "http://127.0.0.1:8000/v1#default" or
+        "http://127.0.0.1:8000/v1#default?max_retries=5" (the served model name after '#')."""
+        base_url, _, fragment = spec.partition("#")
+        model, _, query = fragment.partition("?")
         try:
             parts = urllib.parse.urlsplit(base_url)
         except ValueError:  # e.g. an unclosed IPv6 bracket
@@ -249,107 +239,91 @@ class OpenAIPolicy:
                 f"model spec {spec!r} names no served model: add the server's model name after '#', "
                 f"e.g. {base_url.rstrip('/')}#default (GET {base_url.rstrip('/')}/models lists them)"
             )
-        return cls(base_url, model)
+        options: dict[str, Any] = {}
+        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if key not in SPEC_OPTIONS:
+                raise ModelSpecError(f"model spec {spec!r}: unknown option {key!r}; "
+                                     f"known: {', '.join(SPEC_OPTIONS)}")
+            try:
+                options[key] = SPEC_OPTIONS[key](value)
+            except ValueError as e:
+                raise ModelSpecError(f"model spec {spec!r}: option {key}={value!r}: {e}") from e
+        try:
+            return cls(base_url, model, **options)
+        except ValueError as e:
+            raise ModelSpecError(f"model spec {spec!r}: {e}") from e
 
     def __repr__(self) -> str:
         return f"OpenAIPolicy({self.base_url!r}, {self.model!r}, endpoint={self.endpoint!r})"
 
-    # -- HTTP ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the pooled connections; the policy cannot send requests afterwards."""
+        self._client.close()
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
+    # -- requests -----------------------------------------------------------------------
 
-    def _send_once(self, url: str, body: Optional[bytes]) -> Any:
-        request = urllib.request.Request(url, data=body, headers=self._headers(),
-                                         method="POST" if body is not None else "GET")
+    def _send(self, path: str, payload: Optional[dict] = None) -> Any:
+        """GET (or POST `payload` to) {base_url}/{path} through the client (its retries
+        included) within a concurrency slot: the decoded JSON body, or HTTPBackendError naming
+        the server, the model and the attempts. (The client's generic `get`/`post` rather than
+        its typed resources: the same pool and retries without a per-request type transform.)"""
+        openai = self._openai
+        url, options = f"{self.base_url}/{path}", {"headers": self._headers}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            try:
-                message = _error_message(e.read())
-            except (OSError, http.client.HTTPException):
-                message = e.reason or "(no body)"
-            if e.code >= 500 or e.code in RETRY_STATUSES:
-                raise _Retryable(e.code, message, _retry_after(e.headers)) from e
-            raise HTTPBackendError(url, e.code, message) from e
-        except urllib.error.URLError as e:
-            raise _Retryable(None, f"connection error: {e.reason}") from e
-        except TimeoutError as e:
-            raise _Retryable(None, f"timed out after {self.timeout} s") from e
-        except (OSError, http.client.HTTPException) as e:
-            raise _Retryable(None, f"connection error: {e!r}") from e
+            with self._slots:
+                if payload is None:
+                    response = self._client.get(f"/{path}", cast_to=self._raw_response, options=options)
+                else:
+                    response = self._client.post(f"/{path}", body=payload, cast_to=self._raw_response,
+                                                 options=options)
+        except openai.APIError as err:
+            attempts = _attempts(err.request)
+            self.usage.add(retries=attempts - 1)
+            if isinstance(err, openai.APIStatusError):
+                status, message = err.status_code, _server_message(err.body)
+            elif isinstance(err, openai.APITimeoutError):
+                status, message = None, f"timed out after {self.timeout} s"
+            else:
+                status, message = None, f"connection error: {err.__cause__!r}"
+            raise HTTPBackendError(url, self.model, status, message, attempts) from err
+        self.usage.add(retries=_attempts(response.request) - 1)
         try:
-            return json.loads(raw)
+            return response.json()
         except ValueError as e:
-            raise HTTPBackendError(url, 200, f"response is not JSON: {raw[:200]!r}") from e
-
-    def _request(self, path: str, payload: Optional[dict] = None) -> Any:
-        """Send one request with retries; return the decoded JSON body."""
-        url = f"{self.base_url}/{path}"
-        body = json.dumps(payload).encode("utf-8") if payload is not None else None
-        attempt = 0
-        while True:
-            try:
-                with self._slots:
-                    return self._send_once(url, body)
-            except _Retryable as e:
-                if attempt >= self.max_retries:
-                    raise HTTPBackendError(url, e.status, e.message, attempts=attempt + 1) from e
-                wait = self.backoff * (2 ** attempt)
-                if e.retry_after is not None:
-                    wait = max(wait, min(e.retry_after, 60.0))
-                self.usage.add(retries=1)
-                attempt += 1
-                time.sleep(wait)
-
-    # -- API ----------------------------------------------------------------------------
+            raise HTTPBackendError(url, self.model, response.status_code,
+                                   f"response is not JSON: {response.text[:200]!r}") from e
 
     def list_models(self) -> list[str]:
         """Ids of the models the server serves (GET {base_url}/models)."""
-        data = self._request("models")
+        data = self._send("models")
         items = data.get("data", []) if isinstance(data, dict) else data
         return [item["id"] if isinstance(item, dict) else str(item) for item in items]
 
-    def _payload(self, prompt: Prompt, params: SamplingParams) -> dict[str, Any]:
-        payload: dict[str, Any] = {"model": self.model}
-        if self.endpoint == "chat":
+    def _generate_one(self, prompt: Prompt, params: SamplingParams) -> list[Completion]:
+        chat = self.endpoint == "chat"
+        payload: dict[str, Any] = {"model": self.model, "n": params.n, "temperature": params.temperature,
+                                   "top_p": params.top_p, "max_tokens": params.max_new_tokens}
+        if chat:
             payload["messages"] = as_messages(prompt)
         else:
             payload["prompt"] = _prompt_text(prompt)
-        payload.update(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                       max_tokens=params.max_new_tokens)
         if params.stop:
             payload["stop"] = list(params.stop)
         if params.seed is not None:
             payload["seed"] = params.seed
         if self.request_logprobs:
-            payload["logprobs"] = True if self.endpoint == "chat" else 0
+            payload["logprobs"] = True if chat else 0
         payload.update(self.extra_body)
-        return payload
+        path = "chat/completions" if chat else "completions"
+        data = self._send(path, payload)
 
-    def _generate_one(self, prompt: Prompt, params: SamplingParams) -> list[Completion]:
-        path = "chat/completions" if self.endpoint == "chat" else "completions"
-        data = self._request(path, self._payload(prompt, params))
-        chat = self.endpoint == "chat"
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or len(choices) < params.n:
-            got = len(choices) if isinstance(choices, list) else "no"
-            raise HTTPBackendError(f"{self.base_url}/{path}", 200,
+            got = f"{len(choices)}" if isinstance(choices, list) else f"none: {str(data)[:200]!r}"
+            raise HTTPBackendError(f"{self.base_url}/{path}", self.model, 200,
                                    f"asked for n={params.n} choices, server returned {got}")
-        choices = sorted(choices, key=lambda c: c.get("index", 0))[: params.n]
-        completions = []
-        for choice in choices:
-            if chat:
-                text = (choice.get("message") or {}).get("content") or ""
-            else:
-                text = choice.get("text") or ""
-            completions.append(Completion(text=text, token_ids=(),
-                                          logprobs=_choice_logprobs(choice, chat),
-                                          finish_reason=_finish_reason(choice.get("finish_reason"))))
+        completions = [self._completion(choice, chat)
+                       for choice in sorted(choices, key=lambda c: c.get("index", 0))[: params.n]]
         usage = data.get("usage")
         if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
             self.usage.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -358,6 +332,17 @@ class OpenAIPolicy:
             self.usage.add(completion_tokens=sum(c.n_tokens for c in completions),
                            requests=1, responses_without_usage=1)
         return completions
+
+    def _completion(self, choice: dict, chat: bool) -> Completion:
+        text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
+        sampled = _sampled_tokens(choice, chat)
+        ids = _token_ids([token for token, _ in sampled])
+        hint = "; a vLLM server returns them with token_ids=vllm in the model spec" if self.token_ids == "none" else ""
+        missing = None if ids else f"{self.base_url} (model {self.model!r}) returned no token ids{hint}"
+        return Completion(text=text, token_ids=ids or (), logprobs=tuple(lp for _, lp in sampled),
+                          # anything but "length" ("stop", "eos", None, "content_filter") is "stop"
+                          finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                          missing_token_ids=missing)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt (in order), `params.n` completions; one request per prompt."""
