@@ -12,8 +12,9 @@ One process, one run, figures printed (and with --json written). What it does:
   4. TRL: GRPOTrainer with the same group size, problems per step, β = 0, temperature 1,
      one generation and one optimizer step per batch, for each --lrs; a callback evaluates
      with the same evaluator every --every steps and stops at the target;
-  each side is then compared at its best rate of the same grid (the earliest to the target);
-  5. sampling speed of sharpen's rollout generation against a bare `model.generate`.
+  5. sampling speed of sharpen's rollout generation against a bare `model.generate`;
+  6. each side at its best rate of the same grid (the earliest to the target): time and steps
+     to target, seconds per step, and their ratios sharpen / TRL.
 
 Training seconds exclude evaluation on both sides and are wall time: sharpen's are its run
 store's `train_step_seconds` (each step's wall time minus its held-out evaluation: sampling,
@@ -441,11 +442,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               f"{s['tokens_per_call']:.0f} tokens/call")
     print(f"  sharpen / HF tokens/s: {speed['ratio_sharpen_over_hf']:.2f}")
 
-    l = cfg.learner
+    recipe = cfg.learner
+    steps_note = f", --sharpen-steps replacing the quickstart's {RunConfig().steps}" if args.sharpen_steps else ""
     sharpens = []
     for lr in lrs:
-        print(f"\nsharpen: quickstart config at lr {lr:g} (default {l.lr:g}; {l.advantage}, {l.aggregation}, "
-              f"{l.minibatches} optimizer steps per batch), {cfg.steps} steps → {run_dir / f'lr{lr:g}'}")
+        print(f"\nsharpen: quickstart config at lr {lr:g} (default {recipe.lr:g}; {recipe.advantage}, "
+              f"{recipe.aggregation}, {recipe.minibatches} optimizer steps per batch), "
+              f"{cfg.steps} steps{steps_note} → {run_dir / f'lr{lr:g}'}")
         curve = run_sharpen(quickstart_config(args.problems, args.every, args.sharpen_steps, args.max_steps, lr),
                             run_dir / f"lr{lr:g}", target)
         print_curve(curve, target)
