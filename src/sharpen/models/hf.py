@@ -148,22 +148,21 @@ class HFPolicy:
         device = self.device
         pad = self.tokenizer.pad_token_id
         B = len(prompt_ids)
-        # prefill each distinct prompt once (rows of a group share it), then gather to the rows
-        index_of: dict[tuple, int] = {}
-        rows = torch.tensor([index_of.setdefault(tuple(p), len(index_of)) for p in prompt_ids], device=device)  # (B,)
-        distinct = list(index_of)
-        L = max(len(ids) for ids in distinct)
-        input_ids = torch.tensor([[pad] * (L - len(ids)) + list(ids) for ids in distinct], device=device)  # (U, L)
-        mask = torch.tensor([[0] * (L - len(ids)) + [1] * len(ids) for ids in distinct], device=device)  # (U, L)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (U, L)
+        L = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.tensor([[pad] * (L - len(ids)) + list(ids) for ids in prompt_ids], device=device)  # (B, L)
+        mask = torch.tensor([[0] * (L - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)  # (B, L)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
         eos = torch.tensor(sorted(self.eos_ids), device=device)
 
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **self.last_logits_only)
+        # prefill each distinct prompt once (the rows of a group share it), then gather to the rows
+        index_of: dict[tuple, int] = {}
+        rows = torch.tensor([index_of.setdefault(tuple(p), len(index_of)) for p in prompt_ids], device=device)  # (B,)
+        first = torch.tensor([rows.tolist().index(u) for u in range(len(index_of))], device=device)  # (U,)
+        out = self.model(input_ids=input_ids[first], attention_mask=mask[first], position_ids=positions[first],
+                         use_cache=True, **self.last_logits_only)
         cache, logits = getattr(out, self.cache_name), out.logits[:, -1, :].float()[rows]  # (B, V)
-        if len(distinct) < B:
+        if len(index_of) < B:
             cache.reorder_cache(rows)  # (U, …) → (B, …)
-        mask, positions = mask[rows], positions[rows]  # (B, L)
         next_pos = positions[:, -1] + 1  # (B,)
         tokens = torch.zeros((B, params.max_new_tokens), dtype=torch.long)
         logprobs = torch.zeros((B, params.max_new_tokens))
