@@ -3,13 +3,13 @@ on whole groups (benchmarks/README.md measures it against TRL's GRPOTrainer)."""
 
 from __future__ import annotations
 
-from sharpen.learners.policy_gradient import PolicyGradientConfig
-from sharpen.loop import RunConfig, Trainer
+from sharpen.loop import LEARNERS, RunConfig, Trainer
 
 
 def test_the_quickstart_takes_four_optimizer_steps_per_batch_on_disjoint_groups(tmp_path, tiny_model_dir):
     cfg = RunConfig(model=str(tiny_model_dir), steps=2, problems_per_step=8, threads=1)
-    assert cfg.learner == PolicyGradientConfig() and (cfg.learner.minibatches, cfg.learner.lr) == (4, 3e-4)
+    config_class = LEARNERS["policy_gradient"][0]
+    assert cfg.learner == config_class() and (cfg.learner.minibatches, cfg.learner.lr) == (4, 3e-4)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     learner = trainer.learner
     seen = []
