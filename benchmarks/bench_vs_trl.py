@@ -1,17 +1,20 @@
 """sharpen against TRL's GRPOTrainer: time to a held-out target, seconds per step, sampling speed.
 
-    python benchmarks/bench_vs_trl.py                  # the full run (both sides, three TRL learning rates)
+    python benchmarks/bench_vs_trl.py                  # the full run (both sides, three learning rates each)
     python benchmarks/bench_vs_trl.py --problems 20 --every 2 --max-steps 4 --lrs 3e-4   # a smoke run
 
 One process, one run, figures printed (and with --json written). What it does:
   1. the embedded default model and the quickstart task (2-digit addition);
   2. the base model's held-out pass@1 and pass@8 with sharpen's evaluator;
      target = pass@1 + 0.8 · (pass@8 − pass@1)   (80% of the gap a sampler could close);
-  3. sharpen: the quickstart's default RunConfig, evaluated every --every steps;
+  3. sharpen: the quickstart's default RunConfig at each learning rate of --lrs, evaluated
+     every --every steps;
   4. TRL: GRPOTrainer with the same group size, problems per step, β = 0, temperature 1,
      one generation and one optimizer step per batch, for each --lrs; a callback evaluates
      with the same evaluator every --every steps and stops at the target;
-  5. sampling speed of sharpen's rollout generation against a bare `model.generate`.
+  5. sampling speed of sharpen's rollout generation against a bare `model.generate`;
+  6. each side at its best rate of the same grid (the earliest to the target): time and steps
+     to target, seconds per step, and their ratios sharpen / TRL.
 
 Training seconds exclude evaluation on both sides and are wall time: sharpen's are its run
 store's `train_step_seconds` (each step's wall time minus its held-out evaluation: sampling,
@@ -352,8 +355,9 @@ def print_curve(curve: Curve, target: float) -> None:
     print(f"  seconds per step {curve.seconds_per_step:.3f} · time to target: {reached}")
 
 
-def best_trl(curves: Sequence[Curve]) -> Curve:
-    """Earliest time to target; if none reached it, the highest pass@1 seen."""
+def best_curve(curves: Sequence[Curve]) -> Curve:
+    """A side's best learning rate: the earliest time to target; if none reached it, the highest
+    pass@1 seen."""
     reached = [c for c in curves if c.time_to_target is not None]
     if reached:
         return min(reached, key=lambda c: c.time_to_target)
@@ -388,15 +392,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--problems", type=int, default=200, help="held-out problems per evaluation")
     p.add_argument("--every", type=int, default=5, help="evaluate every this many steps (both sides)")
-    p.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="TRL learning rates to try, comma-separated")
+    p.add_argument("--lrs", default="1e-4,3e-4,1e-3",
+                   help="learning rates to try on both sides, comma-separated (each side's best is compared)")
     p.add_argument("--max-steps", type=int, default=150, help="step cap of every run (both sides)")
     p.add_argument("--sharpen-steps", type=int, default=None,
                    help="sharpen's steps (default: the quickstart's; capped by --max-steps)")
-    p.add_argument("--sharpen-lr", type=float, default=None,
-                   help="sharpen's learning rate (default: the quickstart's)")
     p.add_argument("--gen-reps", type=int, default=5, help="timed calls per sampler after the warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for everything (default: torch's)")
-    p.add_argument("--out", type=Path, default=None, help="sharpen's run directory (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where sharpen's runs go, one lr<rate> folder each (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)
 
@@ -418,7 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     path = ensure_default_model()
     task = get_task("addition", digits=2)
-    cfg = quickstart_config(args.problems, args.every, args.sharpen_steps, args.max_steps, args.sharpen_lr)
+    cfg = quickstart_config(args.problems, args.every, args.sharpen_steps, args.max_steps)
     G, P = cfg.sampling.group_size, cfg.problems_per_step
     print(f"model {path} · task {cfg.task.name} {cfg.task.options} · {P} problems × {G} completions per step")
     print(f"held-out: {args.problems} problems × {SAMPLES} samples, seed {EVAL_SEED}, every {args.every} steps")
@@ -438,15 +442,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               f"{s['tokens_per_call']:.0f} tokens/call")
     print(f"  sharpen / HF tokens/s: {speed['ratio_sharpen_over_hf']:.2f}")
 
-    changed = [f"{k} {v:g}" for k, v in (("steps", args.sharpen_steps), ("lr", args.sharpen_lr)) if v is not None]
-    print(f"\nsharpen: quickstart config{' with ' + ', '.join(changed) if changed else ''} "
-          f"(lr {cfg.learner.lr:g}, {cfg.learner.advantage}, {cfg.learner.aggregation}), "
-          f"{cfg.steps} steps → {run_dir}")
-    ours = run_sharpen(cfg, run_dir, target)
-    print_curve(ours, target)
-    d = ours.details
-    print(f"  (of which sampling {d['gen_seconds_per_step']:.3f} and the learner update "
-          f"{d['learner_seconds_per_step']:.3f} s per step)")
+    recipe = cfg.learner
+    steps_note = f", --sharpen-steps replacing the quickstart's {RunConfig().steps}" if args.sharpen_steps else ""
+    sharpens = []
+    for lr in lrs:
+        print(f"\nsharpen: quickstart config at lr {lr:g} (default {recipe.lr:g}; {recipe.advantage}, "
+              f"{recipe.aggregation}, {recipe.minibatches} optimizer steps per batch), "
+              f"{cfg.steps} steps{steps_note} → {run_dir / f'lr{lr:g}'}")
+        curve = run_sharpen(quickstart_config(args.problems, args.every, args.sharpen_steps, args.max_steps, lr),
+                            run_dir / f"lr{lr:g}", target)
+        print_curve(curve, target)
+        d = curve.details
+        print(f"  (of which sampling {d['gen_seconds_per_step']:.3f} and the learner update "
+              f"{d['learner_seconds_per_step']:.3f} s per step)")
+        sharpens.append(curve)
+    ours = best_curve(sharpens)
 
     base_point = EvalPoint(0, 0.0, b1, b8)
     trls = []
@@ -456,15 +466,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         max_steps=args.max_steps, target=target, out_dir=work)
         print_curve(curve, target)
         trls.append(curve)
-    best = best_trl(trls)
+    best = best_curve(trls)
 
     t_ratio = ratio(ours.time_to_target, best.time_to_target)
     s_ratio = ratio(ours.seconds_per_step, best.seconds_per_step)
-    print(f"\nsummary (TRL: best of lr {', '.join(f'{lr:g}' for lr in lrs)} → {best.lr:g})")
+    print(f"\nsummary (each side at its best of lr {', '.join(f'{lr:g}' for lr in lrs)}: "
+          f"sharpen {ours.lr:g}, TRL {best.lr:g})")
     print(f"  {'':<22}{'sharpen':>14}{'TRL':>14}{'sharpen/TRL':>13}")
+    steps = [c.step_to_target for c in (ours, best)]
     rows = [
         ("time to target", fmt_time(ours.time_to_target), fmt_time(best.time_to_target), t_ratio),
-        ("steps to target", *("-" if c.step_to_target is None else str(c.step_to_target) for c in (ours, best)), None),
+        ("steps to target", *("-" if n is None else str(n) for n in steps), ratio(*steps)),
         ("seconds per step", f"{ours.seconds_per_step:.3f}", f"{best.seconds_per_step:.3f}", s_ratio),
         ("best pass@1", f"{ours.best_pass1:.3f}", f"{best.best_pass1:.3f}", None),
     ]
@@ -475,8 +487,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "command": command, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "versions": info, "model": str(path),
         "base": base.to_json(), "target": target, "generation_speed": speed,
-        "sharpen": asdict(ours), "trl": [asdict(c) for c in trls], "trl_best_lr": best.lr,
-        "ratio_time_to_target": t_ratio, "ratio_seconds_per_step": s_ratio,
+        "sharpen": [asdict(c) for c in sharpens], "sharpen_best_lr": ours.lr,
+        "trl": [asdict(c) for c in trls], "trl_best_lr": best.lr,
+        "ratio_time_to_target": t_ratio, "ratio_steps_to_target": ratio(*steps), "ratio_seconds_per_step": s_ratio,
     }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

@@ -54,7 +54,7 @@ def learner(reward: Reward, policy=None, temperature: float = 1.0, top_p: float 
     policy = policy or types.SimpleNamespace(model=torch.nn.Linear(1, 1))
     ctx = LearnerContext(policy, get_task("addition"), reward, None,
                          Sampling(4, temperature, top_p, 6, ()), total_steps=1, seed=0)
-    return PolicyGradient(ctx, PolicyGradientConfig(**cfg))
+    return PolicyGradient(ctx, PolicyGradientConfig(**{"minibatches": 1, **cfg}))  # one step unless asked
 
 
 def with_totals(reward: Reward, rollouts: list[Rollout]) -> list[Rollout]:

@@ -240,5 +240,8 @@ def behaviour_logprobs(completions: Sequence[Completion], T: int) -> torch.Tenso
 
 
 def adamw(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The optimizer every learner uses (β₂ = 0.99, as the policy-gradient learner)."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    """The optimizer every learner uses (β₂ = 0.99, as the policy-gradient learner), with
+    torch's fused kernel: one call per step instead of a dozen small ones per parameter
+    tensor, which is what a small model on CPU pays for (TRL's default `adamw_torch_fused`)."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=fused)
