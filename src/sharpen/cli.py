@@ -65,7 +65,7 @@ def cmd_model(args: argparse.Namespace) -> None:
     if args.rebuild:
         raise CliError("--rebuild applies to the default model only; delete the cached directory to convert again")
     path = resolve_model(args.spec)
-    console.print(f"{args.spec}: {path}", highlight=False)
+    console.print(f"{args.spec}: {path}", highlight=False, soft_wrap=True)
     info = source_info(Path(path))
     if info is not None:
         console.print(json.dumps(info, indent=2))
