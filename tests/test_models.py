@@ -205,12 +205,15 @@ def test_choice_logprobs_and_self_certainty_match_a_forward_pass(tiny_policy):
     prompts = [judge_messages("3+4=", "7"), judge_messages("10+20=", "31")]
     got = tiny_policy.choice_logprobs(prompts, ("yes", "no"))
     tok = tiny_policy.tokenizer
-    y, n = tok.convert_tokens_to_ids("y"), tok.convert_tokens_to_ids("n")
+    yes = [tok.convert_tokens_to_ids(c) for c in ("y", "Y")]  # " yes" starts with " ", as " no" does: left out
+    no = [tok.convert_tokens_to_ids(c) for c in ("n", "N")]
+    assert tiny_policy.choice_token_ids(("yes", "no")) == [sorted(yes), sorted(no)]
     for row, p in enumerate(prompts):
         ids = torch.tensor([tiny_policy.encode(p)])
         with torch.no_grad():
             logp = tiny_policy.model(input_ids=ids).logits[0, -1].log_softmax(-1)
-        torch.testing.assert_close(got[row], logp[[y, n]], atol=1e-5, rtol=0)
+        expected = torch.stack([logp[yes].logsumexp(-1), logp[no].logsumexp(-1)])
+        torch.testing.assert_close(got[row], expected, atol=1e-5, rtol=0)
     completion = tiny_policy.generate(["3+4="], SamplingParams(max_new_tokens=3, seed=0))[0][0]
     with torch.no_grad():
         s = tiny_policy.score_tokens([tiny_policy.encode("3+4=")], [completion.token_ids], extras=True)
@@ -228,3 +231,34 @@ def test_sampling_params_validate():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="n must be"):
         SamplingParams(n=0)
+
+
+def test_the_judge_reads_yes_in_every_spelling_with_a_bpe_tokenizer():
+    """A tiny random Llama with a byte-level BPE trained here: "Yes", " yes" and "YES" all count."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from sharpen.models.hf import HFPolicy, spellings
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    corpus = ["Yes, it is.", "yes", "YES!", "No, it is not.", "no", "NO", "Is 3+4=7 right? Yes", " yes no"] * 10
+    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|end|>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|end|>", pad_token="<|end|>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)).eval()
+    policy = HFPolicy(model, tokenizer)
+    assert spellings("yes") == ["yes", "YES", "Yes", " yes", " YES", " Yes"]
+    yes, no = policy.choice_token_ids(("yes", "no"))
+    for word in ("Yes", " yes", "YES", "yes"):
+        assert tokenizer(word, add_special_tokens=False)["input_ids"][0] in yes, word
+    assert len(set(yes)) >= 4 and not set(yes) & set(no)
+    prompt = [{"role": "user", "content": "Is 3+4=7 right?"}]
+    got = policy.choice_logprobs([prompt], ("yes", "no"))[0]
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([policy.encode(prompt)])).logits[0, -1].log_softmax(-1)
+    torch.testing.assert_close(got, torch.stack([logp[yes].logsumexp(-1), logp[no].logsumexp(-1)]))

@@ -265,8 +265,8 @@ def test_likelihood_refuses_completions_without_logprobs():
 def test_self_judge_is_the_normalised_yes_probability(policy):
     groups = [texts("42", "41"), texts("7")]
     got = build_signal("self_judge", task=TASK, policy=policy)(PROBLEMS, groups)
-    yes = policy.tokenizer(JUDGE_YES, add_special_tokens=False)["input_ids"][0]
-    no = policy.tokenizer(JUDGE_NO, add_special_tokens=False)["input_ids"][0]
+    yes, no = policy.choice_token_ids((JUDGE_YES, JUDGE_NO))  # every spelling's first token: y and Y, n and N
+    assert len(yes) == len(no) == 2
     for problem, group, row in zip(PROBLEMS, groups, got):
         for c, score in zip(group, row):
             ids = torch.tensor([policy.encode(judge_messages(problem.prompt, c.text))])
@@ -274,7 +274,7 @@ def test_self_judge_is_the_normalised_yes_probability(policy):
                 logits = policy.model(input_ids=ids).logits[0, -1]  # (V,)
             p = logits.softmax(-1)
             assert 0.0 <= score <= 1.0
-            assert score == pytest.approx((p[yes] / (p[yes] + p[no])).item(), abs=1e-5)
+            assert score == pytest.approx((p[yes].sum() / (p[yes].sum() + p[no].sum())).item(), abs=1e-5)
     assert len({round(s, 6) for row in got for s in row}) > 1  # not a constant
 
 
@@ -315,14 +315,13 @@ def test_pairwise_judge_asks_both_orders_of_every_distinct_pair(policy):
     groups = [texts("42", "41", "42", "40"), texts("7"), texts("8", "9")]
     problems = PROBLEMS + [Problem("p2", "5+4=", answer="9")]
     got = build_signal("pairwise_judge", task=TASK, policy=policy)(problems, groups)
-    first = policy.tokenizer(PAIRWISE_FIRST, add_special_tokens=False)["input_ids"][0]
-    second = policy.tokenizer(PAIRWISE_SECOND, add_special_tokens=False)["input_ids"][0]
+    first, second = policy.choice_token_ids((PAIRWISE_FIRST, PAIRWISE_SECOND))  # A and a, B and b
 
     def first_wins(problem, a, b):  # one unbatched forward pass per ordered pair
         ids = torch.tensor([policy.encode(pairwise_messages(problem.prompt, a, b))])
         with torch.no_grad():
             p = policy.model(input_ids=ids).logits[0, -1].softmax(-1)  # (V,)
-        return (p[first] / (p[first] + p[second])).item()
+        return (p[first].sum() / (p[first].sum() + p[second].sum())).item()
 
     def prefer(problem, a, b):
         return 0.5 * (first_wins(problem, a, b) + 1 - first_wins(problem, b, a))

@@ -38,6 +38,14 @@ SELF_CHECKS: dict[str, tuple[str, dict[str, Any]]] = {
     "jsonl-math": ("jsonl", {"path": str(DATA / "math_small.jsonl")}),
     "reasoning_gym-leg_counting": ("reasoning_gym", {"dataset": "leg_counting", "size": 30}),
     "reasoning_gym-basic_arithmetic": ("reasoning_gym", {"dataset": "basic_arithmetic", "size": 30}),
+    "addition-chat-max20": ("addition", {"chat": True, "max_operand": 20}),
+    "multiplication-chat": ("multiplication", {"digits": 2, "chat": True}),
+    "countdown-chat": ("countdown", {"chat": True}),
+    "jsonl-gsm8k-chat": ("jsonl", {"path": str(DATA / "gsm8k_small.jsonl"), "chat": True}),
+    "jsonl-math-chat": ("jsonl", {"path": str(DATA / "math_small.jsonl"), "chat": True}),
+    "gsm8k": ("gsm8k", {"data_dir": str(DATA / "gsm8k")}),
+    "gsm8k-chat": ("gsm8k", {"data_dir": str(DATA / "gsm8k"), "chat": True}),
+    "reasoning_gym-leg_counting-chat": ("reasoning_gym", {"dataset": "leg_counting", "size": 30, "chat": True}),
 }
 PROCEDURAL = [("addition", {}), ("multiplication", {"digits": 3}), ("countdown", {"numbers": 4})]
 

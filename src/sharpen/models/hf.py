@@ -375,13 +375,29 @@ class HFPolicy:
                          **{self.cache_name: cache})
         return torch.cat([first, out.logits], dim=1)  # (B, T, V)
 
+    def choice_token_ids(self, choices: Sequence[str]) -> list[list[int]]:
+        """For each choice, the first tokens of all its spellings (`spellings`), leaving out
+        any token that also starts another choice (a shared " " or "<" would count for both)."""
+        firsts = [
+            {ids[0] for ids in (self.tokenizer(v, add_special_tokens=False)["input_ids"] for v in spellings(c)) if ids}
+            for c in choices
+        ]
+        kept = [sorted(f - set().union(*(g for j, g in enumerate(firsts) if j != i))) for i, f in enumerate(firsts)]
+        for choice, ids in zip(choices, kept):
+            if not ids:
+                raise ValueError(f"choice {choice!r} has no first token of its own among {list(choices)}")
+        return kept
+
     @torch.no_grad()
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> torch.Tensor:
-        """log p(first token of each choice | prompt), shape (len(prompts), len(choices)).
+        """log p(choice | prompt) read at its first token, shape (len(prompts), len(choices)).
 
         Used to read a judge's answer: choices=("yes", "no") gives the model's odds of each.
+        A choice's probability is the sum over the first tokens of all its spellings ("yes",
+        "Yes", "YES", " yes", …; see `choice_token_ids`), so a model that answers "Yes" is read
+        as saying yes: log p(c) = logsumexp_{t in tokens(c)} log p(t).
         """
-        first = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+        token_sets = self.choice_token_ids(choices)
         rows = [self.encode(p) for p in prompts]
         out = []
         for start in range(0, len(rows), self.max_batch_rows):
@@ -397,5 +413,13 @@ class HFPolicy:
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device), **self.last_logits_only,
             ).logits[:, -1, :].float()  # (b, V)
-            out.append(logits.log_softmax(-1)[:, first].cpu())  # (b, C)
+            logp = logits.log_softmax(-1).cpu()  # (b, V)
+            out.append(torch.stack([logp[:, t].logsumexp(-1) for t in token_sets], dim=-1))  # (b, C)
         return torch.cat(out)
+
+
+def spellings(choice: str) -> list[str]:
+    """The ways a model may write a one-word answer: as given, lower, upper and title case,
+    each with and without a leading space ("yes" → "yes", "YES", "Yes", " yes", " YES", " Yes")."""
+    cases = dict.fromkeys([choice, choice.lower(), choice.upper(), choice.capitalize()])
+    return [prefix + c for prefix in ("", " ") for c in cases]

@@ -12,7 +12,8 @@ to cancel its position bias (Wang et al. 2023, "Large Language Models are not Fa
 Evaluators"); a completion's score is its mean preference over the completions of its group
 that say something else (`pairwise_preferences`, `round_robin_scores`).
 
-Both read the first token of each reply, for all prompts in batched forward passes
+Both read the first token of each reply, summed over the reply's spellings ("yes", "Yes",
+" YES", …: `HFPolicy.choice_token_ids`), for all prompts in batched forward passes
 (`policy.choice_logprobs`).
 """
 

@@ -47,6 +47,17 @@ _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*(-?[\d.,]+)\s*\}\s*\{\s*([\d.,]+)\s*\
 _ANSWER_IS_RE = re.compile(r"\banswer\s*(?:is|:)", re.IGNORECASE)
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_CALCULATOR_RE = re.compile(r"<<[^<>\s=]*=[^<>\s]*>>")
+
+
+def strip_calculator_annotations(text: str) -> str:
+    """GSM8K's worked answers without their calculator annotations.
+
+    "48/2 = <<48/2=24>>24 clips" gives "48/2 = 24 clips": the published solutions mark each
+    computed value with `<<expression=value>>` for a calculator tool, which is not part of
+    the text a model should read or learn to write.
+    """
+    return _CALCULATOR_RE.sub("", text)
 
 
 def _clean(text: str) -> str:

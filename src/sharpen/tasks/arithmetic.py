@@ -3,7 +3,11 @@
     addition        digits=2                  "37+58="  →  "95"
     addition        digits=2, scratchpad=True "37+58="  →  "7+8=15,3+5+1=9|95"
     multiplication  digits=2                  "37*8="   →  "296"
+    addition        max_operand=20, chat=True "What is 7 + 15? Reply with only the number."  →  "22"
 
+The terse prompts are the embedded model's formats. With `chat=True` the prompt is a question
+in words that states the answer format (for instruct models), and the answer is read from
+chatty text with `extract_number` ("The answer is 22.", "7 + 15 = 22", `\\boxed{22}`).
 The scratchpad lists each column's sum from right to left, written "x+y=s", with "+1" when a
 carry comes in from the previous column; "|" then introduces the answer.
 """
@@ -16,7 +20,7 @@ from typing import Callable, Optional
 
 from sharpen.tasks.answers import answer_verdict, extract_number
 from sharpen.tasks.base import Problem, Task, Verdict
-from sharpen.tasks.errors import check_int_option
+from sharpen.tasks.errors import TaskOptionError, check_int_option
 from sharpen.tasks.registry import register_task
 from sharpen.tasks.splits import sample_distinct
 
@@ -50,7 +54,15 @@ def read_strict(text: str) -> Optional[str]:
     return extract_number(final) if re.fullmatch(r"\s*-?\d+\s*", final) else None
 
 
-def make_reader(strict: bool) -> Callable[[str], Optional[str]]:
+CHAT_INSTRUCTION = "Reply with only the number."
+"""The answer format a chat prompt states."""
+CHAT_MAX_NEW_TOKENS = 16
+"""The budget of a chat answer: room for "The answer is 1234." but not for an essay."""
+
+
+def make_reader(strict: bool, chat: bool = False) -> Callable[[str], Optional[str]]:
+    if chat:
+        return extract_number
     return read_strict if strict else read_final
 
 
@@ -62,17 +74,33 @@ def make_checker(read: Callable[[str], Optional[str]]) -> Callable[[Problem, str
     return check
 
 
+def check_chat_options(task: str, chat: bool, scratchpad: bool = False) -> None:
+    if not isinstance(chat, bool):
+        raise TaskOptionError(f"task {task!r}: option 'chat' must be true or false, got {chat!r}")
+    if chat and scratchpad:
+        raise TaskOptionError(f"task {task!r}: the scratchpad is a terse format; it cannot be combined with chat")
+
+
 @register_task("addition")
-def addition(digits: int = 2, scratchpad: bool = False, strict: bool = True) -> Task:
-    """a+b with both operands of exactly `digits` digits; optionally a column-sum scratchpad.
-    `strict` accepts only well-formed answers (see `read_strict`); False reads the last number
-    anywhere in the text, for chatty models."""
+def addition(digits: int = 2, scratchpad: bool = False, strict: bool = True, chat: bool = False,
+             max_operand: Optional[int] = None) -> Task:
+    """a+b with both operands of exactly `digits` digits, or drawn from 1..`max_operand` when
+    given; optionally a column-sum scratchpad. `strict` accepts only well-formed answers (see
+    `read_strict`); False reads the last number anywhere in the text. `chat` asks in words for
+    only the number and reads it from chatty text (for instruct models)."""
     check_int_option("addition", "digits", digits, minimum=1)
-    span = 9 * 10 ** (digits - 1)  # how many numbers have exactly `digits` digits
+    check_chat_options("addition", chat, scratchpad)
+    if max_operand is not None:
+        check_int_option("addition", "max_operand", max_operand, minimum=1)
+    span = 9 * 10 ** (digits - 1) if max_operand is None else max_operand  # how many operands there are
 
     def draw(rng: random.Random) -> Problem:
-        a, b = operand(rng, digits), operand(rng, digits)
-        return Problem(id=f"addition/{a}+{b}", prompt=f"{a}+{b}=", answer=str(a + b), metadata={"operands": (a, b)})
+        if max_operand is None:
+            a, b = operand(rng, digits), operand(rng, digits)
+        else:
+            a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
+        prompt = f"What is {a} + {b}? {CHAT_INSTRUCTION}" if chat else f"{a}+{b}="
+        return Problem(id=f"addition/{a}+{b}", prompt=prompt, answer=str(a + b), metadata={"operands": (a, b)})
 
     def problems(split: str, n: int, seed: int) -> list[Problem]:
         return sample_distinct(draw, split, n, seed, space=span * span)
@@ -81,28 +109,32 @@ def addition(digits: int = 2, scratchpad: bool = False, strict: bool = True) -> 
         a, b = problem.metadata["operands"]
         return f"{column_sums(a, b)}|{a + b}" if scratchpad else str(a + b)
 
+    size = f"operands 1-{max_operand}" if max_operand is not None else f"{digits}-digit"
+    answer_digits = len(str(2 * max_operand)) if max_operand is not None else digits + 1
     return Task(
         name="addition",
         problems=problems,
-        check=make_checker(make_reader(strict)),
-        extract=make_reader(strict),
-        description=f"{digits}-digit addition" + (" with a column-sum scratchpad" if scratchpad else ""),
-        max_new_tokens=10 * digits + 4 if scratchpad else digits + 3,
+        check=make_checker(make_reader(strict, chat)),
+        extract=make_reader(strict, chat),
+        description=f"{size} addition" + (" with a column-sum scratchpad" if scratchpad else "")
+        + (" (chat prompt)" if chat else ""),
+        max_new_tokens=CHAT_MAX_NEW_TOKENS if chat else 10 * digits + 4 if scratchpad else answer_digits + 2,
         stop=("\n",),
         solution=solution,
     )
 
 
 @register_task("multiplication")
-def multiplication(digits: int = 1, strict: bool = True) -> Task:
-    """a*b with `a` of exactly `digits` digits and `b` a single digit 1-9; `strict` as in addition."""
+def multiplication(digits: int = 1, strict: bool = True, chat: bool = False) -> Task:
+    """a*b with `a` of exactly `digits` digits and `b` a single digit 1-9; `strict` and `chat`
+    as in addition."""
     check_int_option("multiplication", "digits", digits, minimum=1)
+    check_chat_options("multiplication", chat)
 
     def draw(rng: random.Random) -> Problem:
         a, b = operand(rng, digits), operand(rng, 1)
-        return Problem(
-            id=f"multiplication/{a}*{b}", prompt=f"{a}*{b}=", answer=str(a * b), metadata={"operands": (a, b)}
-        )
+        prompt = f"What is {a} × {b}? {CHAT_INSTRUCTION}" if chat else f"{a}*{b}="
+        return Problem(id=f"multiplication/{a}*{b}", prompt=prompt, answer=str(a * b), metadata={"operands": (a, b)})
 
     def problems(split: str, n: int, seed: int) -> list[Problem]:
         return sample_distinct(draw, split, n, seed, space=9 * 10 ** (digits - 1) * 9)
@@ -114,10 +146,10 @@ def multiplication(digits: int = 1, strict: bool = True) -> Task:
     return Task(
         name="multiplication",
         problems=problems,
-        check=make_checker(make_reader(strict)),
-        extract=make_reader(strict),
-        description=f"{digits}-digit by 1-digit multiplication",
-        max_new_tokens=digits + 3,
+        check=make_checker(make_reader(strict, chat)),
+        extract=make_reader(strict, chat),
+        description=f"{digits}-digit by 1-digit multiplication" + (" (chat prompt)" if chat else ""),
+        max_new_tokens=CHAT_MAX_NEW_TOKENS if chat else digits + 3,
         stop=("\n",),
         solution=solution,
     )

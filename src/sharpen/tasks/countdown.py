@@ -9,6 +9,11 @@ completion and the reference answer). A completion is correct iff its expression
 given numbers, each at most as often as given (not necessarily all of them), and its exact
 rational value equals the target. Expressions are read by a small recursive-descent parser
 over integers; nothing is ever evaluated as code.
+
+With `chat=True` the prompt says the same in words, for instruct models ("Using the numbers
+3, 5, 7, each at most once, and + - * / and parentheses, write an expression equal to 22.
+Reply with only the expression."), and the expression is read from chatty text
+(`read_chat_expression`).
 """
 
 from __future__ import annotations
@@ -18,16 +23,19 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional
+from typing import Callable, Optional
 
 from sharpen.tasks.base import Problem, Task, Verdict
-from sharpen.tasks.errors import check_int_option
+from sharpen.tasks.errors import TaskOptionError, check_int_option
 from sharpen.tasks.registry import register_task
 from sharpen.tasks.splits import sample_distinct
 
 MAX_EXPRESSION_CHARS = 200
 """Longer text is not parsed (it also bounds the parser's recursion depth)."""
 _TOKEN_RE = re.compile(r"\d+|[-+*/()]|.")
+_EXPRESSION_RUN_RE = re.compile(r"[\d\s+\-*/()]+")
+CHAT_PROMPT = ("Using the numbers {numbers}, each at most once, and + - * / and parentheses, write an "
+               "expression equal to {target}. Reply with only the expression.")
 
 
 class ExpressionError(ValueError):
@@ -155,9 +163,40 @@ def read_expression(text: str) -> Optional[str]:
     return candidate
 
 
+def read_chat_expression(text: str) -> Optional[str]:
+    """The last arithmetic expression in chatty text, whitespace removed, or None.
+
+    "You can write 3*5 + 7 = 22." gives "3*5+7": of the runs of digits, operators, parentheses
+    and spaces (so a run ends at "=", a letter or a comma), the last that parses and has an
+    operator; `\\boxed{...}` and `$` around it do not matter.
+    """
+    for run in reversed(_EXPRESSION_RUN_RE.findall(text)):
+        candidate = "".join(run.split())
+        if not any(op in candidate for op in "+-*/"):
+            continue
+        try:
+            parse_expression(candidate)
+        except ExpressionError:
+            continue
+        return candidate
+    return None
+
+
+def make_expression_checker(read: Callable[[str], Optional[str]]) -> Callable[[Problem, str], Verdict]:
+    def check(problem: Problem, text: str) -> Verdict:
+        """Correct iff the expression uses only the given numbers (with multiplicity) and hits the target."""
+        return check_read_expression(problem, read(text))
+
+    return check
+
+
 def check_expression(problem: Problem, text: str) -> Verdict:
     """Correct iff the expression uses only the given numbers (with multiplicity) and hits the target."""
-    expression = read_expression(text)
+    return check_read_expression(problem, read_expression(text))
+
+
+def check_read_expression(problem: Problem, expression: Optional[str]) -> Verdict:
+    """The verdict on an expression read from a completion (None: none was found)."""
     if expression is None:
         return Verdict(correct=False, note="no arithmetic expression found")
     value, used = parse_expression(expression)
@@ -170,10 +209,14 @@ def check_expression(problem: Problem, text: str) -> Verdict:
 
 
 @register_task("countdown")
-def countdown(numbers: int = 3, max_number: int = 10) -> Task:
-    """Reach a target from `numbers` numbers drawn from 1..`max_number`."""
+def countdown(numbers: int = 3, max_number: int = 10, chat: bool = False) -> Task:
+    """Reach a target from `numbers` numbers drawn from 1..`max_number`; `chat` asks in words
+    and reads the expression from chatty text (for instruct models)."""
     check_int_option("countdown", "numbers", numbers, minimum=2)
     check_int_option("countdown", "max_number", max_number, minimum=2)
+    if not isinstance(chat, bool):
+        raise TaskOptionError(f"task 'countdown': option 'chat' must be true or false, got {chat!r}")
+    read = read_chat_expression if chat else read_expression
 
     def draw(rng: random.Random) -> Problem:
         given = sorted(rng.randint(1, max_number) for _ in range(numbers))
@@ -181,7 +224,7 @@ def countdown(numbers: int = 3, max_number: int = 10) -> Task:
         content = f"{','.join(map(str, given))}>{gold.value}"
         return Problem(
             id=f"countdown/{content}",
-            prompt=f"{content}:",
+            prompt=CHAT_PROMPT.format(numbers=", ".join(map(str, given)), target=gold.value) if chat else f"{content}:",
             answer=gold.text,
             metadata={"numbers": given, "target": gold.value},
         )
@@ -195,10 +238,10 @@ def countdown(numbers: int = 3, max_number: int = 10) -> Task:
     return Task(
         name="countdown",
         problems=problems,
-        check=check_expression,
-        extract=read_expression,
-        description=f"countdown with {numbers} numbers from 1 to {max_number}",
-        max_new_tokens=numbers * (len(str(max_number)) + 3) + 2,
+        check=make_expression_checker(read),
+        extract=read,
+        description=f"countdown with {numbers} numbers from 1 to {max_number}" + (" (chat prompt)" if chat else ""),
+        max_new_tokens=numbers * (len(str(max_number)) + 3) + 2 + (16 if chat else 0),
         stop=("\n",),
         solution=solution,
     )

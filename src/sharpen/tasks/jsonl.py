@@ -7,13 +7,17 @@ One JSON object per line; blank lines are skipped. The format is told per line b
 (`format="auto"`) or fixed (`format="gsm8k"` / `"math"`):
 
 - GSM8K: {"question": ..., "answer": "worked steps ...\\n#### 72"}. The reference is the text
-  after the last "####"; a one-line `answer` without "####" is the reference itself.
+  after the last "####"; a one-line `answer` without "####" is the reference itself. The
+  calculator annotations of the published solutions (`48/2 = <<48/2=24>>24`) are removed.
 - MATH: {"problem": ..., "solution": "... \\boxed{72}"} or with an explicit "answer" field,
   which wins over the solution's last `\\boxed{}`.
 
-The prompt is the question text. The gold completion is the worked answer or solution, ending
-in a `\\boxed{}` answer when it has no "####" line or box of its own. A malformed line
-raises TaskDataError naming the file, the 1-based line number and what is wrong.
+The prompt is the question text; with `chat=True` it also says, in words, how to write the
+answer (CHAT_INSTRUCTIONS: "The answer is N." for GSM8K, `\\boxed{}` for MATH), for instruct
+models, whose chatty replies the checker reads (`extract_answer`). The gold completion is the
+worked answer or solution, ending in a `\\boxed{}` answer when it has no "####" line or box of
+its own. A malformed line raises TaskDataError naming the file, the 1-based line number and
+what is wrong.
 
 With one `path`, a question's split is a hash of its text (20% eval); with two files, train
 questions that also appear in the eval file are dropped (and logged). Repeated questions
@@ -28,13 +32,20 @@ import random
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from sharpen.tasks.answers import answer_verdict, extract_answer, extract_boxed, normalize_answer
+from sharpen.tasks.answers import (
+    answer_verdict, extract_answer, extract_boxed, normalize_answer, strip_calculator_annotations,
+)
 from sharpen.tasks.base import Problem, Task, Verdict
 from sharpen.tasks.errors import TaskDataError, TaskOptionError
 from sharpen.tasks.registry import register_task
 from sharpen.tasks.splits import check_split, split_of
 
 FORMATS = ("auto", "gsm8k", "math")
+CHAT_INSTRUCTIONS = {
+    "gsm8k": 'Solve the problem step by step. End your reply with "The answer is N." where N is a number.',
+    "math": "Solve the problem step by step. Put your final answer in \\boxed{}.",
+}
+"""What a chat prompt adds after the question, by row format."""
 log = logging.getLogger(__name__)
 
 
@@ -55,8 +66,8 @@ def _boxed(answer: str, worked: str = "") -> str:
     return f"{worked.rstrip()}\n\\boxed{{{answer}}}" if worked.strip() else f"\\boxed{{{answer}}}"
 
 
-def read_row(row: dict[str, Any], format: str, where: str) -> tuple[str, str, str]:
-    """(question, reference answer, gold completion) of one JSONL object."""
+def read_row(row: dict[str, Any], format: str, where: str) -> tuple[str, str, str, str]:
+    """(format, question, reference answer, gold completion) of one JSONL object."""
     kind = format
     if kind == "auto":
         kind = "gsm8k" if "question" in row else "math" if "problem" in row else ""
@@ -66,30 +77,32 @@ def read_row(row: dict[str, Any], format: str, where: str) -> tuple[str, str, st
                 f"found: {', '.join(sorted(row)) or 'none'}"
             )
     if kind == "gsm8k":
-        question, worked = _text_field(row, "question", where), _text_field(row, "answer", where)
+        question = _text_field(row, "question", where)
+        worked = strip_calculator_annotations(_text_field(row, "answer", where))
         if "####" in worked:
             final = worked.rsplit("####", 1)[1].strip()
             if not final:
                 raise TaskDataError(f"{where}: nothing after '####' in field 'answer'")
-            return question, normalize_answer(final), worked
+            return kind, question, normalize_answer(final), worked
         if "\n" in worked.strip():
             raise TaskDataError(f"{where}: field 'answer' has several lines but no final '#### <answer>' line")
         reference = normalize_answer(worked)
-        return question, reference, _boxed(reference)
+        return kind, question, reference, _boxed(reference)
     question = _text_field(row, "problem", where)
     solution = _text_field(row, "solution", where) if "solution" in row else ""
     if "answer" in row:
         reference = normalize_answer(_text_field(row, "answer", where))
-        return question, reference, solution if extract_boxed(solution) is not None else _boxed(reference, solution)
+        gold = solution if extract_boxed(solution) is not None else _boxed(reference, solution)
+        return kind, question, reference, gold
     if not solution:
         raise TaskDataError(f"{where}: needs an 'answer' field or a 'solution' with a \\boxed{{}} answer")
     boxed = extract_boxed(solution)
     if not boxed:
         raise TaskDataError(f"{where}: field 'solution' has no \\boxed{{...}} answer and there is no 'answer' field")
-    return question, normalize_answer(boxed), solution
+    return kind, question, normalize_answer(boxed), solution
 
 
-def read_jsonl(path: Path, format: str, name: str) -> list[Problem]:
+def read_jsonl(path: Path, format: str, name: str, chat: bool = False) -> list[Problem]:
     """Every problem of a JSONL file, in file order; TaskDataError on the first malformed line."""
     problems = []
     with path.open(encoding="utf-8") as f:
@@ -103,13 +116,13 @@ def read_jsonl(path: Path, format: str, name: str) -> list[Problem]:
                 raise TaskDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise TaskDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            question, reference, gold = read_row(row, format, where)
+            kind, question, reference, gold = read_row(row, format, where)
             problems.append(
                 Problem(
                     id=f"{name}/{path.name}:{lineno}",
-                    prompt=question,
+                    prompt=f"{question}\n\n{CHAT_INSTRUCTIONS[kind]}" if chat else question,
                     answer=reference,
-                    metadata={"source": f"{path}:{lineno}", "solution": gold},
+                    metadata={"source": f"{path}:{lineno}", "solution": gold, "question": question},
                 )
             )
     return problems
@@ -120,7 +133,7 @@ def _distinct(problems: list[Problem], exclude: frozenset[str] = frozenset()) ->
     seen = set(exclude)
     kept = []
     for p in problems:
-        question = str(p.prompt)
+        question = p.metadata["question"]
         if question not in seen:
             seen.add(question)
             kept.append(p)
@@ -143,10 +156,12 @@ def jsonl(
     format: str = "auto",
     name: Optional[str] = None,
     max_new_tokens: int = 512,
+    chat: bool = False,
 ) -> Task:
     """A task over GSM8K- or MATH-style JSONL: one `path`, or `train_path` and `eval_path`.
 
-    `name` defaults to the (train) file's stem; `max_new_tokens` is the generation budget.
+    `name` defaults to the (train) file's stem; `max_new_tokens` is the generation budget;
+    `chat` states the answer format in the prompt (for instruct models).
     """
     if format not in FORMATS:
         raise TaskOptionError(f"task 'jsonl': option 'format' must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -157,15 +172,15 @@ def jsonl(
     if path is not None:
         file = _existing(path, "path")
         name = name or file.stem
-        everything = _distinct(read_jsonl(file, format, name))
-        pools = {s: [p for p in everything if split_of(str(p.prompt)) == s] for s in ("train", "eval")}
+        everything = _distinct(read_jsonl(file, format, name, chat))
+        pools = {s: [p for p in everything if split_of(p.metadata["question"]) == s] for s in ("train", "eval")}
     else:
         train_file, eval_file = _existing(str(train_path), "train_path"), _existing(str(eval_path), "eval_path")
         name = name or train_file.stem
-        held_out = _distinct(read_jsonl(eval_file, format, name))
-        train_all = read_jsonl(train_file, format, name)
-        train = _distinct(train_all, exclude=frozenset(str(p.prompt) for p in held_out))
-        dropped = len({p.prompt for p in train_all}) - len(train)
+        held_out = _distinct(read_jsonl(eval_file, format, name, chat))
+        train_all = read_jsonl(train_file, format, name, chat)
+        train = _distinct(train_all, exclude=frozenset(p.metadata["question"] for p in held_out))
+        dropped = len({p.metadata["question"] for p in train_all}) - len(train)
         if dropped:
             log.warning("jsonl task %r: dropped %d train questions that are also in %s", name, dropped, eval_file)
         pools = {"train": train, "eval": held_out}

@@ -30,6 +30,8 @@ from sharpen.tasks.splits import check_split, split_of
 
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _ANSWER_COLON_RE = re.compile(r"answer\s*:", re.IGNORECASE)
+CHAT_INSTRUCTION = "Give your final answer between <answer> and </answer>."
+"""The answer format a chat prompt states (what `read_final_answer` reads first)."""
 
 
 def import_reasoning_gym() -> ModuleType:
@@ -65,10 +67,12 @@ def reasoning_gym_task(
     seed: int = 0,
     config: Optional[dict[str, Any]] = None,
     max_new_tokens: int = 1024,
+    chat: bool = False,
 ) -> Task:
     """The reasoning-gym dataset `dataset` with `size` entries made from `seed`.
 
-    `config` holds the dataset's own options (its config dataclass fields).
+    `config` holds the dataset's own options (its config dataclass fields); `chat` adds
+    CHAT_INSTRUCTION to each question (for instruct models).
     """
     rg = import_reasoning_gym()
     check_int_option("reasoning_gym", "size", size, minimum=1)
@@ -98,7 +102,7 @@ def reasoning_gym_task(
                 answer = entry.get("answer")
                 problem = Problem(
                     id=f"{name}/{index}",
-                    prompt=entry["question"],
+                    prompt=f"{entry['question']}\n\n{CHAT_INSTRUCTION}" if chat else entry["question"],
                     answer=None if answer is None else str(answer),
                     metadata={"entry": entry},
                 )
