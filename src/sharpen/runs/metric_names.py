@@ -8,7 +8,8 @@ MLflow, W&B or trackio. Names not in the table pass through unchanged.
     reward/mean            → reward                 eval/accuracy   → val-core/<task>/acc/mean@N
     reward/std             → reward_std             eval/pass@k     → val-core/<task>/acc/best@k/mean
     reward/frac_zero_std   → frac_reward_zero_std   eval/maj@k      → val-core/<task>/acc/maj@k/mean
-    rewards/<signal>/mean  (same)                   eval/<name>/lo, /hi → <mapped>_lo, _hi (95% CI)
+    reward/frac_unscorable → frac_reward_unscorable eval/<name>/lo, /hi → <mapped>_lo, _hi (95% CI)
+    rewards/<signal>/mean  (same)
     kl_ref                 → kl                     eval/<other>    → val-aux/<task>/<other>
     entropy                (same)
     clip_frac              → clip_ratio/region_mean
@@ -27,6 +28,7 @@ TRAIN_NAMES = {
     "reward/mean": "reward",
     "reward/std": "reward_std",
     "reward/frac_zero_std": "frac_reward_zero_std",
+    "reward/frac_unscorable": "frac_reward_unscorable",  # TRL has none; "reward" is a metric, not a prefix
     "kl_ref": "kl",
     "clip_frac": "clip_ratio/region_mean",
     "clip_frac_low": "clip_ratio/low_mean",
