@@ -56,7 +56,10 @@ class PolicyGradientConfig(ConfigModel):
     lr: float = Field(3e-4, description="Peak AdamW learning rate (of each optimizer step).")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, description="Linear warm-up steps of the learning rate.")
-    schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate decay after warm-up.")
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="Learning-rate decay after warm-up, over the run's steps (cosine: the quickstart ended at "
+                              "pass@1 0.99 with it, 0.75-0.92 with a constant rate at 4 minibatches; README)."
+    )
     epochs: int = Field(1, ge=1, description="Passes over each batch of rollouts.")
     minibatches: int = Field(
         4, ge=1, description="Optimizer steps per epoch, each on its share of the groups (PPO/DAPO minibatches; "
