@@ -45,3 +45,18 @@ def tiny_policy(tiny_model_dir):
     from sharpen.models.hf import HFPolicy
 
     return HFPolicy.load(tiny_model_dir, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with a real BPE tokenizer and a chat template (tests/tiny_chat_llama.py)."""
+    from tiny_chat_llama import build_tiny_chat_llama
+
+    return build_tiny_chat_llama(tmp_path_factory.mktemp("tiny-chat") / "model")
+
+
+@pytest.fixture()
+def tiny_chat_policy(tiny_chat_dir):
+    from sharpen.models.hf import HFPolicy
+
+    return HFPolicy.load(tiny_chat_dir, device="cpu", seed=0)
