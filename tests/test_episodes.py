@@ -4,9 +4,9 @@ from typing import Sequence
 
 import pytest
 
-from sharpen.episodes import NEUTRAL_FEEDBACK, Episode, Turn, feedback_text, next_prompt, run_episodes
+from sharpen.episodes import Episode, Turn, feedback_text, next_prompt, run_episodes
 from sharpen.models.base import Completion, SamplingParams
-from sharpen.models.formats import WRONG_FEEDBACK, retry_messages
+from sharpen.models.formats import EMBEDDED, retry_messages
 from sharpen.tasks import get_task
 from sharpen.tasks.base import Problem, Verdict
 
@@ -65,24 +65,24 @@ def test_binary_feedback_history_and_tokens():
     # turn 1 is the problem's own prompt; later turns carry the history in the retry format
     first, second, third = (prompts for prompts, _ in policy.calls)
     assert first == ["12+30=", "11+11=", "20+20="]
-    assert second[0] == retry_messages("12+30=", ["41"], [WRONG_FEEDBACK])
-    assert second[1] == retry_messages("11+11=", ["22"], [NEUTRAL_FEEDBACK])  # right: neutral
+    assert second[0] == retry_messages("12+30=", ["41"], [EMBEDDED.retry_feedback])
+    assert second[1] == retry_messages("11+11=", ["22"], [EMBEDDED.neutral_feedback])  # right: neutral
     assert third[0] == [
         {"role": "user", "content": "12+30="},
         {"role": "assistant", "content": "41"},
         {"role": "user", "content": "wrong"},
         {"role": "assistant", "content": "42"},
-        {"role": "user", "content": NEUTRAL_FEEDBACK},
+        {"role": "user", "content": EMBEDDED.neutral_feedback},
     ]
-    assert third[2] == retry_messages("20+20=", ["x", "39"], [WRONG_FEEDBACK, WRONG_FEEDBACK])
+    assert third[2] == retry_messages("20+20=", ["x", "39"], [EMBEDDED.retry_feedback, EMBEDDED.retry_feedback])
 
     e1, e2, e3 = episodes
     assert e1.correct == (False, True, True)
     assert e2.correct == (True, False, True)
     assert e3.correct == (False, False, True)
     assert e3.answers == (None, "39", "40")
-    assert [t.feedback for t in e1.turns] == [WRONG_FEEDBACK, NEUTRAL_FEEDBACK, None]
-    assert [t.feedback for t in e2.turns] == [NEUTRAL_FEEDBACK, WRONG_FEEDBACK, None]
+    assert [t.feedback for t in e1.turns] == [EMBEDDED.retry_feedback, EMBEDDED.neutral_feedback, None]
+    assert [t.feedback for t in e2.turns] == [EMBEDDED.neutral_feedback, EMBEDDED.retry_feedback, None]
     # tokens: one per character, summed over turns
     assert [e.tokens for e in episodes] == [6, 6, 5]
     assert [t.tokens for t in e3.turns] == [1, 2, 2]
@@ -96,10 +96,10 @@ def test_stop_when_correct_ends_episodes_and_shrinks_batches():
 
     assert [len(prompts) for prompts, _ in policy.calls] == [3, 2, 1]
     assert policy.calls[1][0] == [
-        retry_messages("12+30=", ["41"], [WRONG_FEEDBACK]),
-        retry_messages("20+20=", ["x"], [WRONG_FEEDBACK]),
+        retry_messages("12+30=", ["41"], [EMBEDDED.retry_feedback]),
+        retry_messages("20+20=", ["x"], [EMBEDDED.retry_feedback]),
     ]
-    assert policy.calls[2][0] == [retry_messages("20+20=", ["x", "39"], [WRONG_FEEDBACK] * 2)]
+    assert policy.calls[2][0] == [retry_messages("20+20=", ["x", "39"], [EMBEDDED.retry_feedback] * 2)]
     e1, e2, e3 = episodes
     assert e1.correct == (False, True)
     assert e2.correct == (True,)
@@ -121,12 +121,13 @@ def test_verifier_feedback_is_the_checkers_note():
     policy = ScriptedPolicy(SCRIPT)
     episodes = run_episodes(policy, ADDITION, [P1, P2, P3], turns=2, feedback="verifier")
     notes = [e.turns[0].feedback for e in episodes]
-    assert notes == [ADDITION.check(P1, "41").note, NEUTRAL_FEEDBACK, ADDITION.check(P3, "x").note]
+    assert notes == [ADDITION.check(P1, "41").note, EMBEDDED.neutral_feedback, ADDITION.check(P3, "x").note]
     assert notes[0] == "answer differs from reference" and notes[2] == "no answer found"
-    # an empty note falls back to WRONG_FEEDBACK; an unscorable verdict is never called wrong
-    assert feedback_text("verifier", Verdict(correct=False)) == WRONG_FEEDBACK
-    assert feedback_text("binary", Verdict(correct=None, note="cannot tell")) == NEUTRAL_FEEDBACK
-    assert feedback_text("verifier", Verdict(correct=True)) == NEUTRAL_FEEDBACK
+    # an empty note falls back to the retry feedback; an unscorable verdict is never called wrong
+    said = {"wrong": "no!", "neutral": "again?"}
+    assert feedback_text("verifier", Verdict(correct=False), **said) == "no!"
+    assert feedback_text("binary", Verdict(correct=None, note="cannot tell"), **said) == "again?"
+    assert feedback_text("verifier", Verdict(correct=True), **said) == "again?"
 
 
 def test_single_turn_and_chat_prompts():
@@ -141,7 +142,7 @@ def test_single_turn_and_chat_prompts():
     policy = ChatPolicy({})
     (episode,) = run_episodes(policy, ADDITION, [chat], turns=2)
     assert policy.calls[1][0][0] == chat.prompt + [
-        {"role": "assistant", "content": "41"}, {"role": "user", "content": WRONG_FEEDBACK}]
+        {"role": "assistant", "content": "41"}, {"role": "user", "content": EMBEDDED.retry_feedback}]
     assert episode.correct == (False, True)
     (one,) = run_episodes(ScriptedPolicy(SCRIPT), ADDITION, [P1], turns=1)
     assert one.correct == (False,) and one.turns[0].feedback is None

@@ -86,14 +86,14 @@ def test_held_out_episodes_default_to_the_learners_own():
     def episodes(**cfg):
         return eval_episodes(RunConfig.model_validate(cfg))
 
-    assert episodes() == EpisodeSettings(1, "binary", "check your answer and answer again", False)
+    assert episodes() == EpisodeSettings(1, "binary", None, False)
     assert episodes(learner={"kind": "rise", "turns": 3, "stop_when_correct": True}) == EpisodeSettings(
-        3, "binary", "check your answer and answer again", True)
+        3, "binary", None, True)
     assert episodes(learner={"kind": "score", "neutral": "wrong"}) == EpisodeSettings(2, "none", "wrong", False)
     assert episodes(learner={"kind": "score"}, eval={"turns": 3, "feedback": "binary", "neutral": "again",
                                                      "stop_when_correct": True}) == EpisodeSettings(
         3, "binary", "again", True)
-    assert episodes(eval={"turns": 2}) == EpisodeSettings(2, "binary", "check your answer and answer again", False)
+    assert episodes(eval={"turns": 2}) == EpisodeSettings(2, "binary", None, False)
 
 
 def test_problem_batches_depend_only_on_seed_and_step():

@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sharpen.models import SamplingParams
 from sharpen.models.embedded import ConversationEncoder, build_tokenizer, corrupt, ensure_default_model, model_dir
-from sharpen.models.formats import WRONG_FEEDBACK, judge_messages, pairwise_messages, retry_messages
+from sharpen.models.formats import EMBEDDED, retry_messages
 from sharpen.models.hf import min_p_filter, top_k_filter, top_p_filter
 
-PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [WRONG_FEEDBACK])]
+PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [EMBEDDED.retry_feedback])]
 
 
 def test_default_model_loads_through_auto_classes(tiny_model_dir, tiny_cache):
@@ -45,7 +45,7 @@ def test_build_is_deterministic_and_cached(tiny_model_dir, tiny_recipe, tmp_path
 def test_conversation_encoder_matches_chat_template():
     tokenizer = build_tokenizer()
     encode = ConversationEncoder(tokenizer)
-    messages = retry_messages("37+58=", ["96"], [WRONG_FEEDBACK]) + [{"role": "assistant", "content": "95"}]
+    messages = retry_messages("37+58=", ["96"], [EMBEDDED.retry_feedback]) + [{"role": "assistant", "content": "95"}]
     ids, mask = encode(messages)
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -54,7 +54,7 @@ def test_conversation_encoder_matches_chat_template():
 
 
 def test_judge_and_retry_formats():
-    assert judge_messages("3+4=", "7") == [{"role": "user", "content": "3+4=7 right?"}]
+    assert EMBEDDED.judge_messages("3+4=", "7") == [{"role": "user", "content": "3+4=7 right?"}]
     assert [m["role"] for m in PROMPTS[2]] == ["user", "assistant", "user"]
     with pytest.raises(ValueError, match="2 attempts but 1"):
         retry_messages("1+1=", ["3", "4"], ["wrong"])
@@ -66,7 +66,7 @@ def test_pairwise_format_and_its_training_examples():
     from sharpen.models.embedded import MixturePart, example
     from sharpen.tasks import get_task
 
-    assert pairwise_messages("3+4=", "7", "8") == [{"role": "user", "content": "3+4= A:7 B:8 which?"}]
+    assert EMBEDDED.compare_messages("3+4=", "7", "8") == [{"role": "user", "content": "3+4= A:7 B:8 which?"}]
     task = get_task("addition", digits=2)
     rng = random.Random(0)
     verdicts = []
@@ -202,7 +202,7 @@ def test_on_token_sees_every_token_and_top_logprobs_hold_the_sampled_one(tiny_po
 
 
 def test_choice_logprobs_and_self_certainty_match_a_forward_pass(tiny_policy):
-    prompts = [judge_messages("3+4=", "7"), judge_messages("10+20=", "31")]
+    prompts = [EMBEDDED.judge_messages("3+4=", "7"), EMBEDDED.judge_messages("10+20=", "31")]
     got = tiny_policy.choice_logprobs(prompts, ("yes", "no"))
     tok = tiny_policy.tokenizer
     yes = [tok.convert_tokens_to_ids(c) for c in ("y", "Y")]  # " yes" starts with " ", as " no" does: left out

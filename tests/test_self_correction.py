@@ -14,7 +14,7 @@ from sharpen.learners.self_correction.rise import Rise, RiseConfig, filter_candi
 from sharpen.learners.self_correction.score import Score, ScoreConfig, attempt_advantages, shaped_second_reward
 from sharpen.loop import RunConfig
 from sharpen.models.base import Completion
-from sharpen.models.formats import WRONG_FEEDBACK, retry_messages
+from sharpen.models.formats import EMBEDDED, retry_messages
 from sharpen.rollouts import InProcessProducer
 from sharpen.signals.reward import Reward
 from sharpen.tasks import get_task
@@ -116,7 +116,7 @@ def test_rise_trains_each_history_on_its_improved_turn(tiny_policy, monkeypatch)
     encode = tiny_policy.encode
     improved, anchors = trained[:3], trained[3:]
     for p, example in zip(problems, improved):
-        assert example.prompt_ids == tuple(encode(retry_messages(p.prompt, ["0"], [WRONG_FEEDBACK])))
+        assert example.prompt_ids == tuple(encode(retry_messages(p.prompt, ["0"], [EMBEDDED.retry_feedback])))
         assert example.completion_ids == script.ids(answer(p.prompt))  # the first right candidate
         assert example.weight == 1.0
     # first_turn base: one first attempt per problem from the frozen base model, weight 1
@@ -144,7 +144,7 @@ def test_rise_filters_and_first_turn_options(tiny_policy, monkeypatch):
     assert out.metrics["rise/states"] == 6  # turn 1 and turn 2 of each episode
     assert [e.prompt_ids for e in trained[:2]] == [tuple(tiny_policy.encode(problems[0].prompt)),
                                                   tuple(tiny_policy.encode(retry_messages(
-                                                      problems[0].prompt, ["0"], [WRONG_FEEDBACK])))]
+                                                      problems[0].prompt, ["0"], [EMBEDDED.retry_feedback])))]
 
 
 def test_rise_stops_rollouts_at_the_first_right_attempt(tiny_policy, monkeypatch):

@@ -537,7 +537,7 @@ def test_cli_serve_port_in_use_is_one_clean_error(server, tiny_model_dir, capsys
 
 
 def test_retry_with_binary_feedback_only_with_reference_problems(policy):
-    from sharpen.models.formats import WRONG_FEEDBACK, as_messages
+    from sharpen.models.formats import EMBEDDED, as_messages
     from sharpen.tasks import get_task
 
     task = get_task("addition")
@@ -550,8 +550,8 @@ def test_retry_with_binary_feedback_only_with_reference_problems(policy):
         r = c.chat.completions.create(model="retry-3/default", messages=as_messages(problem.prompt), temperature=1.0)
         seen = policy.prompts[before:]
         answered_right = task.check(problem, r.choices[0].message.content).correct
-        # binary feedback: a wrong first attempt is told WRONG_FEEDBACK; a right one stops
-        assert (len(seen) == 1 and answered_right) or WRONG_FEEDBACK in json.dumps(seen[1])
+        # binary feedback: a wrong first attempt is told EMBEDDED.retry_feedback; a right one stops
+        assert (len(seen) == 1 and answered_right) or EMBEDDED.retry_feedback in json.dumps(seen[1])
         with pytest.raises(openai.BadRequestError) as info:
             c.chat.completions.create(model="retry-3/default", messages=[{"role": "user", "content": "not a problem"}])
         assert info.value.body["param"] == "messages" and "reference problems" in info.value.body["message"]

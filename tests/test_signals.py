@@ -17,9 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sharpen.models.base import Completion, SamplingParams
-from sharpen.models.formats import (
-    JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, judge_messages, pairwise_messages,
-)
+from sharpen.models.formats import EMBEDDED
 from sharpen.models.hf import HFPolicy
 from sharpen.signals.judge import pairwise_preferences, round_robin_scores
 from sharpen.signals import (
@@ -265,11 +263,11 @@ def test_likelihood_refuses_completions_without_logprobs():
 def test_self_judge_is_the_normalised_yes_probability(policy):
     groups = [texts("42", "41"), texts("7")]
     got = build_signal("self_judge", task=TASK, policy=policy)(PROBLEMS, groups)
-    yes, no = policy.choice_token_ids((JUDGE_YES, JUDGE_NO))  # every spelling's first token: y and Y, n and N
+    yes, no = policy.choice_token_ids((EMBEDDED.judge_yes, EMBEDDED.judge_no))  # every spelling's first token: y and Y, n and N
     assert len(yes) == len(no) == 2
     for problem, group, row in zip(PROBLEMS, groups, got):
         for c, score in zip(group, row):
-            ids = torch.tensor([policy.encode(judge_messages(problem.prompt, c.text))])
+            ids = torch.tensor([policy.encode(EMBEDDED.judge_messages(problem.prompt, c.text))])
             with torch.no_grad():
                 logits = policy.model(input_ids=ids).logits[0, -1]  # (V,)
             p = logits.softmax(-1)
@@ -315,10 +313,10 @@ def test_pairwise_judge_asks_both_orders_of_every_distinct_pair(policy):
     groups = [texts("42", "41", "42", "40"), texts("7"), texts("8", "9")]
     problems = PROBLEMS + [Problem("p2", "5+4=", answer="9")]
     got = build_signal("pairwise_judge", task=TASK, policy=policy)(problems, groups)
-    first, second = policy.choice_token_ids((PAIRWISE_FIRST, PAIRWISE_SECOND))  # A and a, B and b
+    first, second = policy.choice_token_ids((EMBEDDED.compare_first, EMBEDDED.compare_second))  # A and a, B and b
 
     def first_wins(problem, a, b):  # one unbatched forward pass per ordered pair
-        ids = torch.tensor([policy.encode(pairwise_messages(problem.prompt, a, b))])
+        ids = torch.tensor([policy.encode(EMBEDDED.compare_messages(problem.prompt, a, b))])
         with torch.no_grad():
             p = policy.model(input_ids=ids).logits[0, -1].softmax(-1)  # (V,)
         return (p[first].sum() / (p[first].sum() + p[second].sum())).item()

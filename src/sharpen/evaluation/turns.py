@@ -47,7 +47,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from rich.table import Table
 
-from sharpen.episodes import NEUTRAL_FEEDBACK, Episode, run_episodes
+from sharpen.episodes import Episode, run_episodes
 from sharpen.evaluation.evaluate import CONFIDENCE, N_BOOT, Metric
 from sharpen.evaluation.metrics import bootstrap_ci, majority_index, mean
 from sharpen.models.base import Policy, SamplingParams
@@ -248,7 +248,7 @@ def evaluate_turns(
     n_problems: int = 200,
     episodes_per_problem: int = 1,
     feedback: str = "binary",
-    neutral: str = NEUTRAL_FEEDBACK,
+    neutral: Optional[str] = None,
     stop_when_correct: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
@@ -261,7 +261,7 @@ def evaluate_turns(
     One `run_episodes` call for all episodes (each problem repeated S times in a row), with
     the task's `max_new_tokens` and stop strings at `temperature`; turn t samples with seed
     `derive_seed(seed, "eval_turns") + t` (a stream of its own: `sharpen.seeds`). Feedback
-    modes and `neutral` as in `sharpen.episodes`.
+    modes and `neutral` (None: the policy's template set's) as in `sharpen.episodes`.
     """
     if turns < 1:
         raise ValueError(f"evaluate_turns needs turns >= 1, got {turns}")

@@ -84,8 +84,9 @@ class EpisodeSettings:
     """Attempts per episode (T)."""
     feedback: str
     """What the model is told between attempts: none, binary or verifier."""
-    neutral: str
-    """The re-ask after an attempt not called wrong (every attempt with feedback none)."""
+    neutral: Optional[str]
+    """The re-ask after an attempt not called wrong (every attempt with feedback none); None:
+    the policy's template set's."""
     stop_when_correct: bool = False
     """End an episode at its first right attempt (the checker as an oracle)."""
 

@@ -34,10 +34,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sharpen.models.formats import (
-    JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, WRONG_FEEDBACK, judge_messages, pairwise_messages,
-    retry_messages,
-)
+from sharpen.models.formats import EMBEDDED, retry_messages
 from sharpen.tasks import Problem, Task, get_task
 from sharpen.tasks.base import Message
 
@@ -183,19 +180,19 @@ def example(part: MixturePart, task: Task, problem: Problem, rng: random.Random,
     if part.format == "judge":
         right = rng.random() < 0.5
         shown = gold if right else corrupt(gold, rng)
-        verdict = JUDGE_YES if right or shown == gold else JUDGE_NO
-        return judge_messages(problem.prompt, shown) + [{"role": "assistant", "content": verdict}]
+        verdict = EMBEDDED.judge_yes if right or shown == gold else EMBEDDED.judge_no
+        return EMBEDDED.judge_messages(problem.prompt, shown) + [{"role": "assistant", "content": verdict}]
     if part.format == "compare":
         wrong = corrupt(gold, rng)
         gold_first = rng.random() < 0.5
         first, second = (gold, wrong) if gold_first else (wrong, gold)
-        verdict = PAIRWISE_FIRST if gold_first else PAIRWISE_SECOND
-        return pairwise_messages(problem.prompt, first, second) + [{"role": "assistant", "content": verdict}]
+        verdict = EMBEDDED.compare_first if gold_first else EMBEDDED.compare_second
+        return EMBEDDED.compare_messages(problem.prompt, first, second) + [{"role": "assistant", "content": verdict}]
     if part.format == "retry":
         wrong = [corrupt(gold, rng)]
         while noisy in wrong:  # a retry never repeats an answer already called wrong
             noisy = corrupt(gold, rng)
-        history = retry_messages(problem.prompt, wrong, [WRONG_FEEDBACK] * len(wrong))
+        history = retry_messages(problem.prompt, wrong, [EMBEDDED.retry_feedback] * len(wrong))
         return history + [{"role": "assistant", "content": noisy}]
     raise ValueError(f"unknown mixture format {part.format!r}; use solve, judge, compare or retry")
 

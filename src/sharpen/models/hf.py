@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sharpen.models.base import Completion, SamplingParams, TokenScores
-from sharpen.models.formats import as_messages
+from sharpen.models.formats import TemplateSet, as_messages
 from sharpen.tasks.base import Prompt
 
 
@@ -91,6 +91,9 @@ class HFPolicy:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.templates: Optional[TemplateSet] = None
+        """The prompt template set a user chose for this model (`formats.use_prompts`); None:
+        the one `formats.template_set_for` picks."""
         self.pieces: dict[int, str] = {}
         takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.last_logits_only = {"logits_to_keep": 1} if takes_keep else {}

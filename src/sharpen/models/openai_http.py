@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence
 
 from sharpen.models.base import Completion, ModelSpecError, SamplingParams
-from sharpen.models.formats import as_messages
+from sharpen.models.formats import TemplateSet, as_messages
 from sharpen.tasks.base import Prompt
 
 HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]"
@@ -210,6 +210,9 @@ class OpenAIPolicy:
         self.token_ids = token_ids
         self.extra_body = {**TOKEN_ID_REQUESTS[token_ids], **(extra_body or {})}
         self.usage = TokenUsage()
+        self.templates: Optional[TemplateSet] = None
+        """The prompt template set a user chose for this model (`formats.use_prompts`); None:
+        the one `formats.template_set_for` picks (chat)."""
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         # A pool as large as the requests in flight: every connection is reused, none waits.
         limits = httpx2.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)

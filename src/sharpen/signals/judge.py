@@ -1,13 +1,15 @@
 """The policy as its own judge (LLM-as-judge), pointwise and pairwise.
 
-`self_judge` (pointwise): each completion is shown back to the policy in sharpen's judge
-format (`formats.judge_messages`: "<question><answer> right?") and the score is the policy's
+`self_judge` (pointwise): each completion is shown back to the policy in its template set's
+judge format (`TemplateSet.judge_messages`: the embedded model's "<question><answer> right?",
+a chat model's "… Is this answer correct? Answer Yes or No.") and the score is the policy's
 probability of answering yes, normalised over the two replies:
 
     s = P(yes) / (P(yes) + P(no)) = softmax(log P(yes), log P(no))_0
 
 `pairwise_judge`: the policy compares two completions of the same problem
-(`formats.pairwise_messages`: "<question> A:<first> B:<second> which?"), asked in both orders
+(`TemplateSet.compare_messages`: "<question> A:<first> B:<second> which?", or both answers in
+full and "Which answer is correct, A or B?"), asked in both orders
 to cancel its position bias (Wang et al. 2023, "Large Language Models are not Fair
 Evaluators"); a completion's score is its mean preference over the completions of its group
 that say something else (`pairwise_preferences`, `round_robin_scores`).
@@ -19,15 +21,13 @@ Both read the first token of each reply, summed over the reply's spellings ("yes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence
 
 import torch
 
 from sharpen.models.base import Completion
-from sharpen.models.formats import (
-    JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND, judge_messages, pairwise_messages,
-)
+from sharpen.models.formats import TemplateSet, template_set_for
 from sharpen.signals.base import (UNIT_RANGE, ScoreRange, Scores, ScoringPolicy, SignalOptionError, check_groups,
                                   regroup)
 from sharpen.tasks.base import Problem
@@ -58,19 +58,24 @@ class SelfJudge:
     """The policy's normalised probability that a completion is right, in [0, 1]."""
 
     policy: ScoringPolicy
-    yes: str = JUDGE_YES
-    """The reply that means "right" (its first token is read)."""
-    no: str = JUDGE_NO
-    """The reply that means "wrong"."""
+    yes: Optional[str] = None
+    """The reply that means "right" (its first token is read); default the templates' judge_yes."""
+    no: Optional[str] = None
+    """The reply that means "wrong"; default the templates' judge_no."""
+    templates: TemplateSet = field(init=False)
+    """The judge prompt's template set: the policy's (`template_set_for`)."""
     name: str = "self_judge"
     score_range: ClassVar[ScoreRange] = UNIT_RANGE
 
     def __post_init__(self) -> None:
+        self.templates = template_set_for(self.policy)
+        self.yes = self.templates.judge_yes if self.yes is None else self.yes
+        self.no = self.templates.judge_no if self.no is None else self.no
         check_replies(self.name, self.policy, ("yes", self.yes), ("no", self.no))
 
     def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:
         check_groups(self.name, problems, groups)
-        prompts = [judge_messages(p.prompt, c.text) for p, group in zip(problems, groups) for c in group]
+        prompts = [self.templates.judge_messages(p.prompt, c.text) for p, group in zip(problems, groups) for c in group]
         if not prompts:
             return [[] for _ in groups]
         logp = self.policy.choice_logprobs(prompts, (self.yes, self.no)).float()  # (N, 2)
@@ -122,14 +127,20 @@ class PairwiseJudge:
     [0, 1], each pair asked in both orders; None where the whole group says the same."""
 
     policy: ScoringPolicy
-    first: str = PAIRWISE_FIRST
-    """The reply that picks the answer shown first (its first token is read)."""
-    second: str = PAIRWISE_SECOND
-    """The reply that picks the answer shown second."""
+    first: Optional[str] = None
+    """The reply that picks the answer shown first (its first token is read); default the
+    templates' compare_first."""
+    second: Optional[str] = None
+    """The reply that picks the answer shown second; default the templates' compare_second."""
+    templates: TemplateSet = field(init=False)
+    """The comparison prompt's template set: the policy's (`template_set_for`)."""
     name: str = "pairwise_judge"
     score_range: ClassVar[ScoreRange] = UNIT_RANGE
 
     def __post_init__(self) -> None:
+        self.templates = template_set_for(self.policy)
+        self.first = self.templates.compare_first if self.first is None else self.first
+        self.second = self.templates.compare_second if self.second is None else self.second
         check_replies(self.name, self.policy, ("first", self.first), ("second", self.second))
 
     def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:
@@ -141,7 +152,7 @@ class PairwiseJudge:
             for a, first in enumerate(distinct):
                 for b, second in enumerate(distinct):
                     if a != b:
-                        prompts.append(pairwise_messages(problem.prompt, first, second))
+                        prompts.append(self.templates.compare_messages(problem.prompt, first, second))
                         where.append((g, a, b))
         first_wins = [torch.full((len(d), len(d)), 0.5) for d in texts]  # (k, k) per group
         if prompts:

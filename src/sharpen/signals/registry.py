@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Optional
 
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND
 from sharpen.signals.base import ScoringPolicy, Signal, SignalOptionError, UnknownSignalError, require_policy
 from sharpen.signals.confidence import SCORING, Likelihood, SelfCertainty
 from sharpen.signals.judge import JUDGING, PairwiseJudge, SelfJudge
@@ -48,13 +47,17 @@ def likelihood(
     return Likelihood(policy, source=source, batch_size=batch_size)
 
 
-def self_judge(task: Task, policy: Optional[ScoringPolicy], yes: str = JUDGE_YES, no: str = JUDGE_NO) -> Signal:
+def self_judge(
+    task: Task, policy: Optional[ScoringPolicy], yes: Optional[str] = None, no: Optional[str] = None
+) -> Signal:
+    """The replies default to the policy's template set's (`formats.template_set_for`)."""
     return SelfJudge(require_policy("self_judge", policy, JUDGING), yes=yes, no=no)
 
 
 def pairwise_judge(
-    task: Task, policy: Optional[ScoringPolicy], first: str = PAIRWISE_FIRST, second: str = PAIRWISE_SECOND
+    task: Task, policy: Optional[ScoringPolicy], first: Optional[str] = None, second: Optional[str] = None
 ) -> Signal:
+    """The replies default to the policy's template set's (`formats.template_set_for`)."""
     return PairwiseJudge(require_policy("pairwise_judge", policy, JUDGING), first=first, second=second)
 
 

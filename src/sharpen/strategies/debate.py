@@ -2,9 +2,11 @@
 Multiagent Debate", Du et al.).
 
 Round 0: each of N agents answers the problem on its own. In each later round every agent
-keeps its own conversation, is shown the other agents' latest answers as a user turn
-("others: 95, 96") and answers again. After R rounds the final answer is the majority of
-the last round's answers.
+keeps its own conversation, is shown the other agents' latest answers as a user turn in the
+policy's template set (`TemplateSet.debate_message`: the embedded model sees the extracted
+answers, "others: 95, 96"; a chat model the other agents' whole responses, each trimmed to
+`debate_chars`) and answers again. After R rounds the final answer is the majority of the
+last round's answers.
 
     agent a, round 2:  user: 37+58=   assistant: 95   user: others: 96, 95
                        assistant: 95  user: others: 95, 95   → answers
@@ -12,11 +14,11 @@ the last round's answers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from sharpen.models.base import Completion, Policy, SamplingParams
-from sharpen.models.formats import as_messages
+from sharpen.models.formats import TemplateSet, as_messages, template_set_for
 from sharpen.strategies.base import (
     Call,
     StrategyResult,
@@ -27,8 +29,6 @@ from sharpen.strategies.base import (
     vote,
 )
 from sharpen.tasks.base import Message, Problem, Task
-
-OTHERS_PREFIX = "others: "
 
 
 @dataclass
@@ -42,9 +42,12 @@ class Debate:
     rounds: int = 2
     """Rounds in all, counting round 0 (R = 1 is N independent answers and a vote)."""
     params: Optional[SamplingParams] = None
+    templates: TemplateSet = field(init=False)
+    """How the other agents' answers are shown: the policy's (`template_set_for`)."""
 
     def __post_init__(self) -> None:
         check_positive("debate", agents=self.agents, rounds=self.rounds)
+        self.templates = template_set_for(self.policy)
 
     def __call__(self, problems: list[Problem]) -> list[StrategyResult]:
         base = base_params(self.task, self.params)
@@ -55,11 +58,10 @@ class Debate:
         for round in range(self.rounds):
             if round > 0:
                 for i in range(len(problems)):
-                    shown = [self.shown(c) for c in latest[i]]
+                    answers = [(a + 1, c.text, self.task.extract(c.text)) for a, c in enumerate(latest[i])]
                     for a, history in enumerate(histories[i]):
-                        others = shown[:a] + shown[a + 1 :]
                         history.append({"role": "assistant", "content": latest[i][a].text})
-                        history.append({"role": "user", "content": OTHERS_PREFIX + ", ".join(others)})
+                        history.append(self.templates.debate_message(answers[:a] + answers[a + 1 :]))
             prompts = [[list(h) for h in agents] for agents in histories]
             groups = generate_grouped(self.policy, prompts, round_params(base, 1, round))
             for i, agent_groups in enumerate(groups):
@@ -70,8 +72,3 @@ class Debate:
             text, answer = vote(self.task, last)
             results.append(StrategyResult(problem, text, answer, trace))
         return results
-
-    def shown(self, completion: Completion) -> str:
-        """What the other agents see of an answer: the extracted answer, else the stripped text."""
-        answer = self.task.extract(completion.text)
-        return answer if answer is not None else completion.text.strip()

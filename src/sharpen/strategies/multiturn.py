@@ -1,24 +1,27 @@
 """Multi-turn strategies: try again after an attempt, in sharpen's retry format.
 
     retry        T turns of `episodes.run_episodes`; after each attempt the model is told
-                 WRONG_FEEDBACK (binary feedback: the task's checker is the oracle that says an
-                 answer is wrong, RISE's evaluation setting) or the neutral re-ask
-                 `episodes.NEUTRAL_FEEDBACK` (no signal of correctness), and answers again with
-                 the whole history in its prompt (`formats.retry_messages`).
-    self_refine  the model judges its own answer ("<question><answer> right?", read from its
-                 yes/no probabilities); it stops when it says yes, else it is told
-                 WRONG_FEEDBACK and tries again, up to T attempts ("Self-Refine").
+                 its templates' retry_feedback (binary feedback: the task's checker is the
+                 oracle that says an answer is wrong, RISE's evaluation setting) or their
+                 neutral re-ask (no signal of correctness), and answers again with the whole
+                 history in its prompt (`formats.retry_messages`).
+    self_refine  the model judges its own answer (its templates' judge prompt, read from its
+                 yes/no probabilities); it stops when it says yes, else it is told the
+                 templates' refine_feedback and tries again, up to T attempts ("Self-Refine",
+                 Madaan et al. 2023).
+
+The templates are the policy's (`formats.template_set_for`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from sharpen.episodes import Episode, next_prompt, run_episodes
 from sharpen.models.base import Policy, SamplingParams
-from sharpen.models.formats import JUDGE_NO, JUDGE_YES, WRONG_FEEDBACK, judge_messages, retry_messages
+from sharpen.models.formats import TemplateSet, retry_messages, template_set_for
 from sharpen.strategies.base import (
     Call,
     StrategyOptionError,
@@ -70,10 +73,10 @@ class Retry:
     """Up to `turns` attempts per problem, each seeing the previous attempts and feedback: the
     episodes of `sharpen.episodes.run_episodes`.
 
-    feedback="binary": after a wrong attempt (task.check says False) the model is told
-    WRONG_FEEDBACK; a problem stops at its first correct attempt, and also when the checker
-    cannot score an attempt (correct=None: the oracle has nothing to say). feedback="none":
-    every problem runs all turns, told NEUTRAL_FEEDBACK after each; no verdict reaches the
+    feedback="binary": after a wrong attempt (task.check says False) the model is told its
+    templates' retry_feedback; a problem stops at its first correct attempt, and also when the
+    checker cannot score an attempt (correct=None: the oracle has nothing to say). feedback="none":
+    every problem runs all turns, told the neutral re-ask after each; no verdict reaches the
     model or the trace. final="last" answers with the last attempt; "majority" votes over the
     attempts' answers.
     """
@@ -119,10 +122,11 @@ class Retry:
 class SelfRefine:
     """Answer, judge yourself, and try again while you say no, up to `rounds` attempts.
 
-    After each attempt but the last, the policy reads its answer back in the judge format;
-    P(yes) = softmax(log p(JUDGE_YES), log p(JUDGE_NO))_0 from `policy.choice_logprobs`.
-    P(yes) >= `threshold` stops the problem; otherwise the model is told WRONG_FEEDBACK and
-    answers again with the history (retry format). The final answer is the last attempt.
+    After each attempt but the last, the policy reads its answer back in its templates' judge
+    format; P(yes) = softmax(log p(judge_yes), log p(judge_no))_0 from `policy.choice_logprobs`.
+    P(yes) >= `threshold` stops the problem; otherwise the model is told the templates'
+    refine_feedback and answers again with the history (retry format). The final answer is
+    the last attempt.
     Judge calls generate no tokens (one forward pass each); they are in the trace as kind="judge".
     """
 
@@ -133,9 +137,12 @@ class SelfRefine:
     threshold: float = 0.5
     """P(yes) at or above which the model's own judgement stops refinement."""
     params: Optional[SamplingParams] = None
+    templates: TemplateSet = field(init=False)
+    """The judge prompt and feedback: the policy's (`template_set_for`)."""
 
     def __post_init__(self) -> None:
         check_positive("self_refine", rounds=self.rounds)
+        self.templates = template_set_for(self.policy)
         if not 0.0 <= self.threshold <= 1.0:
             raise StrategyOptionError(f"strategy 'self_refine': threshold must be in [0, 1], got {self.threshold!r}")
         if not callable(getattr(self.policy, "choice_logprobs", None)):
@@ -151,7 +158,8 @@ class SelfRefine:
         active = list(range(len(problems)))
         for round in range(self.rounds):
             prompts = {
-                i: retry_messages(problems[i].prompt, attempts[i], [WRONG_FEEDBACK] * len(attempts[i])) for i in active
+                i: retry_messages(problems[i].prompt, attempts[i], [self.templates.refine_feedback] * len(attempts[i]))
+                for i in active
             }
             groups = generate_grouped(self.policy, [[prompts[i]] for i in active], round_params(base, 1, round))
             for i, (group,) in zip(active, groups):
@@ -159,7 +167,7 @@ class SelfRefine:
                 traces[i].append(Call(round, [prompts[i]], [group]))
             if round == self.rounds - 1:
                 break  # judging the last attempt could change nothing
-            judged = {i: judge_messages(problems[i].prompt, attempts[i][-1]) for i in active}
+            judged = {i: self.templates.judge_messages(problems[i].prompt, attempts[i][-1]) for i in active}
             p_yes = self.judge([judged[i] for i in active])
             still = []
             for i, p in zip(active, p_yes):
@@ -176,6 +184,7 @@ class SelfRefine:
 
     def judge(self, prompts: list) -> list[float]:
         """P(yes) for each judge prompt, normalised over the two replies."""
-        logp = self.policy.choice_logprobs(prompts, (JUDGE_YES, JUDGE_NO))  # (N, 2)
+        replies = (self.templates.judge_yes, self.templates.judge_no)
+        logp = self.policy.choice_logprobs(prompts, replies)  # (N, 2)
         rows = logp.tolist() if hasattr(logp, "tolist") else logp
         return [1.0 / (1.0 + math.exp(no - yes)) for yes, no in rows]

@@ -42,7 +42,7 @@ from typing import Callable, Literal, Optional, Sequence
 from pydantic import Field, field_validator
 
 from sharpen.config import ConfigModel
-from sharpen.episodes import NEUTRAL_FEEDBACK, next_prompt, run_episodes
+from sharpen.episodes import next_prompt, run_episodes
 from sharpen.learners.base import (
     EpisodeSettings, LearnerContext, StepOutput, adamw, episode_metrics, episode_records, step_seed, using_model,
 )
@@ -63,10 +63,12 @@ class RiseConfig(ConfigModel):
     kind: Literal["rise"] = Field(..., description="Which learner this is.")
     turns: int = Field(2, ge=2, description="Attempts per rollout episode (T).")
     feedback: Literal["none", "binary", "verifier"] = Field(
-        "binary", description="What the model is told after an attempt: binary ('wrong' after a wrong one), "
+        "binary", description="What the model is told after an attempt: binary (the templates' retry feedback "
+                              "after a wrong one), "
                               "verifier (the checker's note) or none (always the neutral re-ask)."
     )
-    neutral: str = Field(NEUTRAL_FEEDBACK, description="The re-ask after an attempt not called wrong.")
+    neutral: Optional[str] = Field(None, description="The re-ask after an attempt not called wrong (default: the "
+                                                     "model's template set's).")
     stop_when_correct: bool = Field(
         False, description="End a rollout episode at its first right attempt (RISE's oracle termination)."
     )

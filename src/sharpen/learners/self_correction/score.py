@@ -38,7 +38,7 @@ import torch
 from pydantic import Field
 
 from sharpen.config import ConfigModel
-from sharpen.episodes import NEUTRAL_FEEDBACK, next_prompt, run_episodes
+from sharpen.episodes import next_prompt, run_episodes
 from sharpen.learners.policy_gradient.advantages import MIN_GROUP_SIZE, get_advantage_estimator
 from sharpen.learners.base import (
     EpisodeSettings, LearnerContext, StepOutput, adamw, behaviour_logprobs, episode_metrics, episode_records,
@@ -56,10 +56,10 @@ class ScoreConfig(ConfigModel):
     kind: Literal["score"] = Field(..., description="Which learner this is.")
     feedback: Literal["none", "binary", "verifier"] = Field(
         "none", description="What the model is told after attempt 1: none (the neutral re-ask, SCoRe's "
-                            "intrinsic setting), binary ('wrong' after a wrong attempt) or verifier."
+                            "intrinsic setting), binary (the templates' retry feedback after a wrong attempt) or verifier."
     )
-    neutral: str = Field(NEUTRAL_FEEDBACK, description="The re-ask after an attempt not called wrong (always, "
-                                                       "with feedback none).")
+    neutral: Optional[str] = Field(None, description="The re-ask after an attempt not called wrong (always, with "
+                                                     "feedback none); default the model's template set's.")
     stage1_steps: int = Field(20, ge=0, description="Steps of stage I (attempt 2 trained, attempt 1 held at the base).")
     stage1_kl: float = Field(1.0, ge=0, description="β_I: weight of attempt 1's KL to the base model in stage I.")
     kl_coef: float = Field(0.05, ge=0, description="β: weight of the KL to the base model on trained attempts.")
