@@ -88,8 +88,8 @@ checkpoint_every: 2
 threads: 1
 log_completions: 1
 """
-LORA = ("learner: {kind: rejection_sampling, select: best, lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj, up_proj]},"
-        " lr: 1.0e-2, micro_batch_tokens: 64}\n")
+LORA = ("learner: {kind: rejection_sampling, select: best, lr: 1.0e-2, micro_batch_tokens: 64,\n"
+        "          lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj, up_proj]}}\n")
 
 
 def write_config(tmp_path: Path, model: Path, learner: str = LORA) -> Path:
@@ -108,7 +108,8 @@ def test_lora_checkpoints_hold_the_adapter_and_a_resumed_run_matches(tmp_path, t
     cfg = write_config(tmp_path, tiny_model_dir)
     straight = run(cfg, [f"run_dir={tmp_path / 'straight'}"], progress=False)
     folder = Path(straight["final_checkpoint"])
-    assert {"adapter_config.json", "adapter_model.safetensors", "learner_state.pt"} <= {p.name for p in folder.iterdir()}
+    kept = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "learner_state.pt"} <= kept
     assert not (folder / "model.safetensors").exists()
 
     original = Trainer.train_step

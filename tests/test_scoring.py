@@ -223,7 +223,8 @@ def step_gradients(optimizer, run, policy, budget: int):
     of at most `budget` positions, and what `run` returned."""
     policy.micro_batch_tokens = budget
     seen = []
-    optimizer.step = lambda *a, **k: seen.append([p.grad.clone() for p in policy.model.parameters() if p.grad is not None])
+    optimizer.step = lambda *a, **k: seen.append(
+        [p.grad.clone() for p in policy.model.parameters() if p.grad is not None])
     result = run()
     assert len(seen) == 1
     return seen[0], result

@@ -387,8 +387,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.strategies import StrategyOptionError, StrategySpecError, UnknownStrategyError
     from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
 
-    return (CliError, ConfigError, CompareError, ExportError, RunStopped, ModelSpecError, HTTPBackendError, RunStoreError,
-            RunDataError, RunDirError,
+    return (CliError, ConfigError, CompareError, ExportError, RunStopped, ModelSpecError, HTTPBackendError,
+            RunStoreError, RunDataError, RunDirError,
             RewardFunctionError, SignalOptionError, UnknownSignalError, SpecError, UserCodeError,
             StrategyOptionError, StrategySpecError, UnknownStrategyError, TaskDataError, TaskOptionError,
             UnknownTaskError)

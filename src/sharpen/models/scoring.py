@@ -187,7 +187,8 @@ def _full_sequence_hidden(decoder, prompt_ids, completion_ids, pad_id: int) -> T
         input_ids[row, : len(s)] = torch.tensor(s)
         attn[row, : len(s)] = 1
         where[row, : len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c))
-    hidden = decoder(input_ids=input_ids.to(device), attention_mask=attn.to(device)).last_hidden_state  # (B, S, H)
+    out = decoder(input_ids=input_ids.to(device), attention_mask=attn.to(device), use_cache=False)
+    hidden = out.last_hidden_state  # (B, S, H)
     return hidden.gather(1, where.to(device)[..., None].expand(B, T, hidden.shape[-1]))  # (B, T, H)
 
 

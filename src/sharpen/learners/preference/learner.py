@@ -136,7 +136,8 @@ class PreferenceLearning:
         cfg = self.cfg
         start = time.perf_counter()
         with torch.no_grad(), self.base.using(self.policy) if self.base is not None else nullcontext():
-            ref = [self.sequence_logprobs(pairs[lo : lo + cfg.batch_size]) for lo in range(0, len(pairs), cfg.batch_size)]
+            ref = [self.sequence_logprobs(pairs[lo : lo + cfg.batch_size])
+                   for lo in range(0, len(pairs), cfg.batch_size)]
         ref_chosen, ref_rejected = torch.cat([r[0] for r in ref]), torch.cat([r[1] for r in ref])
         order = list(range(len(pairs)))
         rng = random.Random(step_seed(self.ctx.seed, step))
