@@ -145,7 +145,8 @@ def test_learner_sections_of_every_kind_report_file_line_and_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path, RunConfig)
     message = str(info.value)
-    assert f"{path}:5: learner.betta: unknown key; known keys there: kind, loss, pairs" in message
+    assert (f"{path}:5: learner.betta: unknown key; known keys there: micro_batch_tokens, gradient_checkpointing, lora, "
+            "kind, loss, pairs") in message
     cfg = load_config(_write(tmp_path, "steps: 3\nlearner: {kind: preference}\n"), RunConfig, ["learner.beta=0.3"])
     assert cfg.learner.kind == "preference" and cfg.learner.beta == 0.3
     with pytest.raises(ConfigError, match=r"unknown key 'learner.betta'; known keys there: .*advantage.*beta"):

@@ -109,38 +109,6 @@ def test_generation_logprobs_equal_a_separate_forward_pass(tiny_policy):
         torch.testing.assert_close(plain, torch.tensor(c.logprobs), atol=1e-5, rtol=0)
 
 
-def test_shared_prompt_scoring_equals_one_pass_over_whole_sequences(tiny_policy):
-    """Groups that share a prompt are scored through one prompt pass and its KV cache: same
-    log-probs, entropies and gradients as the plain concatenated pass (prompts of different
-    lengths, completions of different lengths, one empty)."""
-    prompts = [tiny_policy.encode(p) for p in PROMPTS]  # three lengths
-    completions = [[5, 6, 7, 3], [8], [9, 10], [], [11, 12, 13, 14, 3], [6, 3]]
-    rows = [prompts[i % 3] for i in range(len(completions))] * 2  # each prompt 4 times
-    completions = completions * 2
-    assert tiny_policy.completion_logits(rows, completions).shape[:2] == (12, 5)
-
-    def scored(shared: bool):
-        tiny_policy.model.zero_grad(set_to_none=True)
-        pass_ = tiny_policy.shared_prompt_logits if shared else tiny_policy.full_sequence_logits
-        original, tiny_policy.completion_logits = tiny_policy.completion_logits, pass_
-        try:
-            s = tiny_policy.score_tokens(rows, completions, extras=True)
-        finally:
-            tiny_policy.completion_logits = original
-        (s.logprobs.sum() + s.entropy.sum()).backward()
-        grads = [p.grad.clone() for p in tiny_policy.model.parameters()]
-        return s, grads
-
-    plain, plain_grads = scored(False)
-    shared, shared_grads = scored(True)
-    torch.testing.assert_close(shared.mask, plain.mask)
-    torch.testing.assert_close(shared.logprobs, plain.logprobs, atol=1e-5, rtol=0)
-    torch.testing.assert_close(shared.entropy, plain.entropy, atol=1e-5, rtol=0)
-    assert shared.logprobs[3].abs().sum() == 0 and plain.logprobs[0, :4].abs().min() > 0
-    for a, b in zip(shared_grads, plain_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
 def test_sampling_is_reproducible_for_a_seed(tiny_policy):
     params = SamplingParams(n=4, max_new_tokens=5, seed=7)
     assert tiny_policy.generate(PROMPTS, params) == tiny_policy.generate(PROMPTS, params)

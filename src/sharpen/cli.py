@@ -233,6 +233,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         console.print(f"comparison: {compare_runs(args.run_dirs, out)}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from sharpen.export import export_run
+
+    console.print(f"exported: {export_run(args.run_dir, args.out_dir)}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -289,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", help="run directories")
     p.add_argument("--out", default=None, help="output HTML for a comparison of several runs")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write a run's last checkpoint as a Hugging Face model (a LoRA adapter "
+                                      "merged into its base), loadable by AutoModelForCausalLM.from_pretrained")
+    p.add_argument("run_dir", help="the run directory `sharpen run` wrote")
+    p.add_argument("out_dir", help="a new directory for the weights and the tokenizer")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="measure a model on a task: pass@k, maj@k, accuracy with 95%% intervals")
     p.add_argument("--model", action="append", default=None,
@@ -379,6 +391,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """sharpen's own error types: a bad input, printed as one `error: …` line (exit status 1)."""
     from sharpen.config import ConfigError
     from sharpen.evaluation.compare import CompareError
+    from sharpen.export import ExportError
     from sharpen.loop import RunStopped
     from sharpen.models import ModelSpecError
     from sharpen.models.openai_http import HTTPBackendError
@@ -389,8 +402,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.strategies import StrategyOptionError, StrategySpecError, UnknownStrategyError
     from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
 
-    return (CliError, ConfigError, CompareError, RunStopped, ModelSpecError, HTTPBackendError, RunStoreError,
-            RunDataError, RunDirError,
+    return (CliError, ConfigError, CompareError, ExportError, RunStopped, ModelSpecError, HTTPBackendError,
+            RunStoreError, RunDataError, RunDirError,
             RewardFunctionError, SignalOptionError, UnknownSignalError, SpecError, UserCodeError,
             StrategyOptionError, StrategySpecError, UnknownStrategyError, TaskDataError, TaskOptionError,
             UnknownTaskError)

@@ -37,8 +37,10 @@ from sharpen.learners.preference.learner import PreferenceConfig, PreferenceLear
 from sharpen.learners.rejection_sampling.learner import RejectionSampling, RejectionSamplingConfig
 from sharpen.learners.self_correction.rise import Rise, RiseConfig
 from sharpen.learners.self_correction.score import Score, ScoreConfig
+from sharpen.learners.training import prepare_policy
 from sharpen.models import ModelSpecError, check_model_spec, load_policy
 from sharpen.models.formats import TEMPLATE_SETS, PromptsConfig, use_prompts
+from sharpen.models.lora import load_weights, weights_file
 from sharpen.rollouts import InProcessProducer
 from sharpen.runs import RunStore
 from sharpen.runs.trackers import TRACKERS, TrackerUnavailable, open_trackers
@@ -295,6 +297,10 @@ class Trainer:
         self.task: Task = get_task(cfg.task.name, **cfg.task.options)
         self.policy = use_prompts(load_policy(cfg.model, device=cfg.device, seed=cfg.seed, progress=progress),
                                   cfg.prompts)
+        try:
+            prepare_policy(self.policy, cfg.learner)  # micro-batches, precision, checkpointing, LoRA
+        except ValueError as error:  # a LoRA target that names no layer, a model that cannot checkpoint
+            raise RunStopped(str(error)) from None
         self.max_new_tokens = cfg.sampling.max_new_tokens or self.task.max_new_tokens
         self.reward = Reward.from_specs(
             [r.model_dump() for r in cfg.rewards], task=self.task, policy=self.policy, user_code=True  # the user's config
@@ -316,7 +322,7 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------
 
     def save_checkpoint(self, step: int) -> Path:
-        """Weights (HF format) and learner state, written atomically under checkpoints/."""
+        """Weights (HF format; a LoRA policy's adapter) and learner state, written atomically under checkpoints/."""
         final = self.run_dir / "checkpoints" / f"step-{step:06d}"
         staging = final.with_name(final.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -353,22 +359,19 @@ class Trainer:
             return 1
         last = max(known, key=lambda c: c.step)
         folder = Path(last.path)
-        missing = [name for name in ("config.json", LEARNER_STATE) if not (folder / name).is_file()]
+        missing = [name for name in (weights_file(self.policy.model), LEARNER_STATE) if not (folder / name).is_file()]
         if missing:
             raise RunStopped(
                 f"cannot resume {self.run_dir}: the run store ({self.store.path}) indexes its last checkpoint "
                 f"(step {last.step}) at {folder}, but {', '.join(missing)} is not there. Nothing was changed; "
                 "put the checkpoint folder back, or start the run in a new run_dir"
             )
-        from transformers import AutoModelForCausalLM
-
         try:
-            weights = AutoModelForCausalLM.from_pretrained(folder, dtype=self.policy.model.dtype).state_dict()
             state = torch.load(folder / LEARNER_STATE, weights_only=True)
+            load_weights(self.policy.model, folder)  # the adapter of a LoRA policy, else every weight
         except (OSError, pickle.UnpicklingError, RuntimeError, ValueError) as err:
             raise RunStopped(f"cannot resume {self.run_dir}: the checkpoint of step {last.step} at {folder} "
                              f"could not be read ({err}). Nothing was changed") from err
-        self.policy.model.load_state_dict(weights)
         self.learner.load_state_dict(state)
         self.store.truncate_after(last.step)
         self.remove_checkpoints_after(last.step)

@@ -15,15 +15,17 @@ and the new weights. Learners share functions, never base classes.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from sharpen.episodes import Episode, next_prompt
 from sharpen.models.base import Completion, SamplingParams
+from sharpen.models.lora import is_lora
 from sharpen.rollouts import RolloutBatch, RolloutProducer
 from sharpen.runs import CompletionRecord
 from sharpen.seeds import derive_seed
@@ -178,44 +180,66 @@ def episode_records(episodes: Sequence[Episode], rewards: Sequence[Sequence[floa
     return records
 
 
-def optimizer_step(model, optimizer, loss: torch.Tensor, grad_clip: float, lr: float,
-                   diagnostics: Optional[dict] = None) -> float:
-    """backward → clip → step at learning rate `lr`; returns the gradient norm.
+def accumulated_step(model, optimizer, micro_losses: Iterable[tuple[torch.Tensor, dict[str, float]]],
+                     grad_clip: float, lr: float) -> tuple[float, dict[str, float]]:
+    """One optimizer step on a batch scored in micro-batches (gradient accumulation):
+    zero the gradients → for each micro-batch, backward its loss as it comes (its graph is
+    freed before the next micro-batch is scored) → clip the summed gradient → step at `lr`.
 
-    A non-finite loss or gradient raises NonFiniteLossError before the weights change.
+    Each loss must be its micro-batch's share of the batch's loss (the batch's denominators,
+    e.g. `clipped_surrogate(..., batch_mask=)`), so that the summed gradient, and the step, are
+    the same whatever the micro-batches; the diagnostics, shares too, are summed. Returns the
+    gradient norm and the summed diagnostics. A non-finite loss or gradient raises
+    NonFiniteLossError before the weights change.
     """
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"the loss is {loss.item()} (diagnostics: {diagnostics or {}})")
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    sums: dict[str, float] = {}
+    for loss, diagnostics in micro_losses:
+        if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"the loss is {loss.item()} (diagnostics: {diagnostics})")
+        loss.backward()
+        for k, v in diagnostics.items():
+            sums[k] = sums.get(k, 0.0) + v
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLossError(f"the gradient norm is {grad_norm.item()} (loss {loss.item()})")
+        raise NonFiniteLossError(f"the gradient norm is {grad_norm.item()} (diagnostics: {sums})")
     optimizer.step()
-    return grad_norm.item()
+    return grad_norm.item(), sums
 
 
-@contextmanager
-def using_model(policy, model) -> Iterator[None]:
-    """Within the block, `policy` samples and scores with `model` (e.g. a frozen copy of its
-    initial weights) instead of its live model."""
-    live = policy.model
-    policy.model = model
-    try:
-        yield
-    finally:
-        policy.model = live
+class ReferenceModel:
+    """The policy's initial model, frozen: what KL terms anchor to and what base samples come
+    from. A copy of the initial weights; or, when the policy trains a LoRA adapter, the same
+    model with its adapter switched off (`disable_adapter`), which costs no memory."""
+
+    def __init__(self, policy) -> None:
+        self.copy = None if is_lora(policy.model) else copy.deepcopy(policy.model).eval().requires_grad_(False)
+
+    @contextmanager
+    def using(self, policy) -> Iterator[None]:
+        """Within the block, `policy` samples and scores with the reference model."""
+        if self.copy is None:
+            with policy.model.disable_adapter():
+                yield
+            return
+        live = policy.model
+        policy.model = self.copy
+        try:
+            yield
+        finally:
+            policy.model = live
 
 
 @torch.no_grad()
-def reference_logprobs(policy, reference, prompt_ids: Sequence[Sequence[int]],
+def reference_logprobs(policy, reference: ReferenceModel, prompt_ids: Sequence[Sequence[int]],
                        completion_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    """log π_ref(y_t | x, y_<t) of given completions, (B, T), under `reference` (a frozen copy
-    of the policy's initial model) instead of the policy's live model."""
-    with using_model(policy, reference):
+    """log π_ref(y_t | x, y_<t) of given completions, (B, T), under the reference model."""
+    with reference.using(policy):
         return policy.score_tokens(prompt_ids, completion_ids).logprobs
 
 
@@ -244,5 +268,6 @@ def adamw(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The optimizer every learner uses (β₂ = 0.99, as the policy-gradient learner), with
     torch's fused kernel: one call per step instead of a dozen small ones per parameter
     tensor, which is what a small model on CPU pays for (TRL's default `adamw_torch_fused`)."""
-    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=fused)
+    params = [p for p in model.parameters() if p.requires_grad]  # a LoRA adapter's only, when there is one
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=fused)

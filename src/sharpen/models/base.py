@@ -97,9 +97,9 @@ class TokenScores:
     mask: "torch.Tensor"
     """1.0 on real completion tokens, 0.0 on padding."""
     entropy: Optional["torch.Tensor"] = None
-    """Entropy of the model's distribution at each position (only if asked)."""
+    """Entropy of the model's distribution at each position (only if asked; no gradient)."""
     self_certainty: Optional["torch.Tensor"] = None
-    """KL(Uniform ‖ p_t) at each position (only if asked)."""
+    """KL(Uniform ‖ p_t) at each position (only if asked; no gradient)."""
 
 
 class Policy(Protocol):

@@ -5,8 +5,8 @@ that returns each sampled token's log-prob under the model (temperature 1) and u
 distribution it was drawn from (temperature and top-p applied: the behaviour policy of the
 learners' importance ratios), at the speed of
 `model.generate` (measured at parity on the default model: 54 ms per 16 × 8 completions).
-The G completions of one prompt share its prefill, and scoring shares each distinct prompt's
-forward pass (and its gradient) among the rows that continue it.
+The G completions of one prompt share its prefill. Scoring given completions (log-probs with a
+gradient, for the learners) is `sharpen.models.scoring`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sharpen.models import scoring
 from sharpen.models.base import Completion, SamplingParams, TokenScores
 from sharpen.models.formats import TemplateSet, as_messages
 from sharpen.tasks.base import Prompt
@@ -99,6 +100,10 @@ class HFPolicy:
         self.last_logits_only = {"logits_to_keep": 1} if takes_keep else {}
         """Forward kwargs that compute logits at the last position only (a prompt's full
         logits are (B, L, V): gigabytes for a 150k vocabulary)."""
+        self.micro_batch_tokens = scoring.DEFAULT_MICRO_BATCH_TOKENS
+        """Forward positions scored at once at most (`learner.micro_batch_tokens` in a run)."""
+        self.autocast_dtype: Optional[torch.dtype] = None
+        """Forward passes of scoring run under autocast to this dtype (bf16 when training on CUDA)."""
         self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         """The KV cache's name in forward's arguments and outputs: `cache` from transformers 5.24,
         `past_key_values` before (deprecated in 5.24, to be removed in 5.40)."""
@@ -286,97 +291,22 @@ class HFPolicy:
         """log π(y_t | x, y_<t) of given completions, differentiable (wrap in no_grad to score).
 
         All tensors are (B, T) with T the longest completion; with `extras`, also each
-        position's entropy and self-certainty (computed from the full distribution).
-        Rows that share a prompt (a group) share its forward pass: see `completion_logits`.
+        position's entropy and self-certainty. Logits exist only at completion positions, a
+        chunk at a time, and rows that share a prompt share its pass: `sharpen.models.scoring`.
         """
-        device = self.device
-        B = len(prompt_ids)
-        T = max((len(c) for c in completion_ids), default=0)
-        targets = torch.zeros((B, T), dtype=torch.long)
-        mask = torch.zeros((B, T))
-        for row, c in enumerate(completion_ids):
-            targets[row, : len(c)] = torch.tensor(list(c), dtype=torch.long)
-            mask[row, : len(c)] = 1
-        targets, mask = targets.to(device), mask.to(device)
-        picked = self.completion_logits(prompt_ids, completion_ids).float() / temperature  # (B, T, V)
-        V = picked.shape[-1]
-        logp_all = picked.log_softmax(-1)  # (B, T, V)
-        logp = logp_all.gather(-1, targets[..., None]).squeeze(-1) * mask  # (B, T)
-        if not extras:
-            return TokenScores(logp, mask)
-        entropy = -(logp_all.exp() * logp_all).sum(-1) * mask  # (B, T)
-        # self-certainty: KL(U || p_t) = -log V - (1/V) Σ_j log p_t(j)  (Kang et al., 2025)
-        certainty = (-math.log(V) - logp_all.mean(-1)) * mask  # (B, T)
-        return TokenScores(logp, mask, entropy, certainty)
+        return scoring.score_tokens(
+            self.model, prompt_ids, completion_ids, pad_id=self.tokenizer.pad_token_id, temperature=temperature,
+            extras=extras, max_tokens=self.micro_batch_tokens, autocast_dtype=self.autocast_dtype,
+        )
 
-    def completion_logits(
-        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
-    ) -> torch.Tensor:
-        """(B, T, V) logits that predict each completion token (row b, position t predicts
-        completion_ids[b][t]); positions past a completion's end hold padding logits.
-
-        When rows repeat prompts (G completions of one problem), each distinct prompt goes
-        through the model once and its KV cache is shared by its rows, so the forward and
-        backward passes cost U·L + B·T positions instead of B·(L + T) (U distinct prompts of
-        length ≤ L). Otherwise one pass over the concatenated sequences.
-        """
-        distinct = {tuple(p) for p in prompt_ids}
-        if 2 * len(distinct) <= len(prompt_ids):
-            return self.shared_prompt_logits(prompt_ids, completion_ids)
-        return self.full_sequence_logits(prompt_ids, completion_ids)
-
-    def full_sequence_logits(
-        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
-    ) -> torch.Tensor:
-        """`completion_logits` by one forward pass over prompt + completion, right-padded."""
-        device = self.device
-        B = len(prompt_ids)
-        T = max((len(c) for c in completion_ids), default=0)
-        seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
-        S = max(len(s) for s in seqs)
-        input_ids = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((B, S), dtype=torch.long)
-        where = torch.zeros((B, T), dtype=torch.long)  # position whose logits predict token t
-        for row, (p, c, s) in enumerate(zip(prompt_ids, completion_ids, seqs)):
-            input_ids[row, : len(s)] = torch.tensor(s)
-            attn[row, : len(s)] = 1
-            where[row, : len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c))
-        input_ids, attn, where = input_ids.to(device), attn.to(device), where.to(device)
-        logits = self.model(input_ids=input_ids, attention_mask=attn).logits  # (B, S, V)
-        V = logits.shape[-1]
-        return logits.gather(1, where[..., None].expand(B, T, V))  # (B, T, V)
-
-    def shared_prompt_logits(
-        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
-    ) -> torch.Tensor:
-        """`completion_logits` with one pass per distinct prompt (left-padded, KV cache kept
-        with its gradient), the cache gathered to the rows, then one pass over the completions
-        (right-padded) that attends to it. The last prompt position predicts token 0; completion
-        position t predicts token t + 1, so the last completion token is never fed."""
-        device, pad = self.device, self.tokenizer.pad_token_id
-        index_of: dict[tuple, int] = {}
-        rows = torch.tensor([index_of.setdefault(tuple(p), len(index_of)) for p in prompt_ids], device=device)  # (B,)
-        prompts = list(index_of)
-        L = max(len(p) for p in prompts)
-        T = max((len(c) for c in completion_ids), default=0)
-        input_ids = torch.tensor([[pad] * (L - len(p)) + list(p) for p in prompts], device=device)  # (U, L)
-        prompt_mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)  # (U, L)
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (U, L)
-        out = self.model(input_ids=input_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                         **self.last_logits_only)
-        first = out.logits[:, -1:, :][rows]  # (B, 1, V) predicts each row's token 0
-        if T <= 1:
-            return first[:, :T]
-        cache = getattr(out, self.cache_name)
-        cache.reorder_cache(rows)  # (U, …) → (B, …): each row's prompt keys and values
-        fed = [list(c[: T - 1]) for c in completion_ids]
-        tokens = torch.tensor([f + [pad] * (T - 1 - len(f)) for f in fed], device=device)  # (B, T-1)
-        fed_mask = torch.tensor([[1] * len(f) + [0] * (T - 1 - len(f)) for f in fed], device=device)  # (B, T-1)
-        attn = torch.cat([prompt_mask[rows], fed_mask], dim=1)  # (B, L + T-1)
-        steps = positions[rows, -1:] + 1 + torch.arange(T - 1, device=device)  # (B, T-1)
-        out = self.model(input_ids=tokens, attention_mask=attn, position_ids=steps, use_cache=True,
-                         **{self.cache_name: cache})
-        return torch.cat([first, out.logits], dim=1)  # (B, T, V)
+    def micro_batches(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+        units: Optional[Sequence[Sequence[int]]] = None,
+    ) -> list[list[int]]:
+        """Row indices of micro-batches of at most `micro_batch_tokens` forward positions each,
+        `units` (rows that must stay together) whole: `sharpen.models.scoring.micro_batches`."""
+        return scoring.micro_batches(prompt_ids, completion_ids, self.micro_batch_tokens, units,
+                                     share=not scoring.recomputes_layers(self.model))
 
     def choice_token_ids(self, choices: Sequence[str]) -> list[list[int]]:
         """For each choice, the first tokens of all its spellings (`spellings`), leaving out

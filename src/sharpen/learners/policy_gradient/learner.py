@@ -7,7 +7,7 @@ One `update` per batch of rollouts (METHODS.md §1):
         ℓ = log π_T(y_t | x, y_<t)   at the sampling temperature T            (B, T)
         ℓ_μ = log μ(y_t | x, y_<t)   recorded at sampling (temperature, top-p) (B, T)
         loss = clipped_surrogate(ℓ, ℓ_μ, A, mask, …) [+ β·k3 KL to π_ref]
-        backward → clip grad norm → AdamW step
+        backward (micro-batch by micro-batch, the minibatch's denominators) → clip grad norm → AdamW step
 Unscorable completions (a weighted reward component gave None) are left out of the
 advantages and the loss, never trained as wrong (DESIGN.md rule 3); `unscorable` counts them.
 A non-finite loss or gradient stops the update before the weights change.
@@ -15,7 +15,6 @@ A non-finite loss or gradient stops the update before the weights change.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Callable, Literal, Optional
@@ -23,15 +22,15 @@ from typing import Callable, Literal, Optional
 import torch
 from pydantic import Field, field_validator
 
-from sharpen.config import ConfigModel
 from sharpen.learners.policy_gradient.advantages import (
     DECOMPOSED_ESTIMATORS, MIN_GROUP_SIZE, get_advantage_estimator, get_sample_weighting,
 )
 from sharpen.learners.base import (
-    LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, behaviour_logprobs,
-    optimizer_step, reference_logprobs, step_seed,
+    LearnerContext, ReferenceModel, StepOutput, accepted_options, accumulated_step, adamw, batch_metrics,
+    batch_records, behaviour_logprobs, reference_logprobs, step_seed,
 )
 from sharpen.learners.policy_gradient.losses import clipped_surrogate, get_loss_aggregation
+from sharpen.learners.training import TrainingConfig
 from sharpen.rollouts import Rollout
 from sharpen.signals.base import ScoreRange
 from sharpen.tasks.base import Problem
@@ -41,7 +40,7 @@ MIN_SCORABLE = 2
 completion's own reward (and a std is undefined), so the group is left out."""
 
 
-class PolicyGradientConfig(ConfigModel):
+class PolicyGradientConfig(TrainingConfig):
     """Settings of the policy-gradient learner."""
 
     kind: Literal["policy_gradient"] = Field("policy_gradient", description="Which learner this is.")
@@ -155,7 +154,7 @@ class PolicyGradient:
         self.updates = 0
         self.reference = None
         if cfg.kl_coef > 0:
-            self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+            self.reference = ReferenceModel(self.policy)
 
     def step(self, step: int, problems: list[Problem]) -> StepOutput:
         """Sample a group per problem, score it, and update once on the batch."""
@@ -239,34 +238,56 @@ class PolicyGradient:
 
     def minibatch_step(self, rollouts, advantages, rewards, keep, weighting, weight_args) -> dict[str, float]:
         """One optimizer step on the kept completions of some groups: advantages, rewards, keep
-        (p, G); the importance ratios are to the behaviour policy μ the tokens were drawn from."""
+        (p, G); the importance ratios are to the behaviour policy μ the tokens were drawn from.
+        The completions are scored in micro-batches (`policy.micro_batches`), each loss with the
+        minibatch's denominators (`batch_mask`), so the step is the one of a single pass."""
         where = keep.nonzero().tolist()  # (B, 2) the kept completions' (group, index)
         completions = [rollouts[i].completions[j] for i, j in where]
         prompt_ids = [rollouts[i].prompt_ids for i, _ in where]
         completion_ids = [c.token_ids for c in completions]
+        adv, r = advantages[keep], rewards[keep]  # (B,) each
+        T = max((len(c) for c in completion_ids), default=0)
+        batch_mask = torch.zeros((len(where), T))  # (B, T) the minibatch's tokens: the loss's denominators
+        for row, c in enumerate(completion_ids):
+            batch_mask[row, : len(c)] = 1
+
+        def micro_losses():
+            for rows in self.policy.micro_batches(prompt_ids, completion_ids):
+                yield self.micro_batch_loss([prompt_ids[i] for i in rows], [completions[i] for i in rows],
+                                            adv[rows], r[rows], batch_mask, weighting, weight_args)
+
+        factor = lr_factor(self.updates, self.total_updates, self.cfg.warmup_steps, self.cfg.schedule)
+        grad_norm, diag = accumulated_step(self.policy.model, self.optimizer, micro_losses(), self.cfg.grad_clip,
+                                           self.cfg.lr * factor)
+        self.updates += 1
+        rows = float(len(where))
+        return {**diag, "entropy": diag["entropy"] / max(diag["tokens"], 1.0), "grad_norm": grad_norm,
+                "lr": self.cfg.lr * factor, "sample_weight_mean": diag["sample_weight_mean"] / rows}
+
+    def micro_batch_loss(self, prompt_ids, completions, advantages, rewards, batch_mask, weighting,
+                         weight_args) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped surrogate (+ β·KL) of some rows of a minibatch, its share of the
+        minibatch's loss; diagnostics are shares too, and `entropy` and `sample_weight_mean`
+        the sums over the rows' tokens and rows (divided by the minibatch's in `minibatch_step`)."""
+        completion_ids = [c.token_ids for c in completions]
         scores = self.policy.score_tokens(prompt_ids, completion_ids, temperature=self.temperature, extras=True)
-        logp, mask = scores.logprobs, scores.mask  # (B, T)  log π_T
+        logp, mask = scores.logprobs, scores.mask  # (b, T)  log π_T
         T = logp.shape[1]
-        old = behaviour_logprobs(completions, T).to(logp.device)  # (B, T)  log μ
-        seq_now = (logp.detach() * mask).sum(-1)  # (B,) log π(y)
-        seq_old = (old * mask).sum(-1)  # (B,) log μ(y)
-        w = weighting(rewards[keep], policy_logprobs=seq_now, behaviour_logprobs=seq_old, **weight_args)  # (B,)
-        adv = advantages[keep] * w.to(advantages.dtype)  # (B,)
+        old = behaviour_logprobs(completions, T).to(logp.device)  # (b, T)  log μ
+        seq_now = (logp.detach() * mask).sum(-1)  # (b,) log π(y)
+        seq_old = (old * mask).sum(-1)  # (b,) log μ(y)
+        w = weighting(rewards, policy_logprobs=seq_now, behaviour_logprobs=seq_old, **weight_args)  # (b,)
+        adv = advantages * w.to(advantages.dtype)  # (b,)
         ref = None
         if self.reference is not None:
             ref = reference_logprobs(self.policy, self.reference, prompt_ids, completion_ids)[:, :T]
         loss, diag = clipped_surrogate(
             logp, old, adv, mask, eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
-            aggregation=self.cfg.aggregation, max_len=max(self.max_new_tokens, T),
-            ref_logprobs=ref, kl_coef=self.cfg.kl_coef,
+            aggregation=self.cfg.aggregation, max_len=max(self.max_new_tokens, batch_mask.shape[1]),
+            ref_logprobs=ref, kl_coef=self.cfg.kl_coef, batch_mask=batch_mask.to(logp.device),
         )
-        factor = lr_factor(self.updates, self.total_updates, self.cfg.warmup_steps, self.cfg.schedule)
-        grad_norm = optimizer_step(self.policy.model, self.optimizer, loss, self.cfg.grad_clip,
-                                   self.cfg.lr * factor, diag)
-        self.updates += 1
-        entropy = ((scores.entropy * mask).sum() / mask.sum().clamp(min=1)).item()
-        return {**diag, "entropy": entropy, "grad_norm": grad_norm, "lr": self.cfg.lr * factor,
-                "sample_weight_mean": w.mean().item(), "tokens": mask.sum().item()}
+        return loss, {**diag, "entropy": (scores.entropy * mask).sum().item(),
+                      "sample_weight_mean": w.sum().item(), "tokens": mask.sum().item()}
 
     # ---- resume --------------------------------------------------------------------------
 

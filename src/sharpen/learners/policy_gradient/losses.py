@@ -20,58 +20,70 @@ Tensor = torch.Tensor
 
 # ---------------------------------------------------------------------------------------------
 # aggregations: token values (B, T), mask (B, T) -> scalar
+#
+# Each divides a sum over the rows it is given by a denominator of the whole batch, read from
+# `batch_mask` (default: `mask`). Passed one micro-batch's rows and the batch's mask, it gives
+# that micro-batch's share of the batch's loss: the shares sum to the loss of the whole batch,
+# and so do their gradients (gradient accumulation, `learners.base.accumulated_step`).
 
 
-def token_mean(values: Tensor, mask: Tensor, max_len: Optional[int] = None) -> Tensor:
-    """Σ_{b,t} m_bt v_bt / Σ_{b,t} m_bt: every token in the batch weighs the same.
+def token_mean(values: Tensor, mask: Tensor, max_len: Optional[int] = None,
+               batch_mask: Optional[Tensor] = None) -> Tensor:
+    """Σ_{b,t} m_bt v_bt / Σ_{b,t} M_bt (M = batch_mask): every token in the batch weighs the same.
 
     DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale"),
     token-level policy gradient loss. `max_len` is ignored. An all-padding batch gives 0.
     """
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)  # ()
+    batch_mask = mask if batch_mask is None else batch_mask
+    return (values * mask).sum() / batch_mask.sum().clamp(min=1.0)  # ()
 
 
-def seq_mean(values: Tensor, mask: Tensor, max_len: Optional[int] = None) -> Tensor:
-    """(1/B) Σ_b [Σ_t m_bt v_bt / Σ_t m_bt]: mean over completions of per-completion token means.
+def seq_mean(values: Tensor, mask: Tensor, max_len: Optional[int] = None,
+             batch_mask: Optional[Tensor] = None) -> Tensor:
+    """(1/B) Σ_b [Σ_t m_bt v_bt / Σ_t m_bt], B the batch's rows: mean over completions of
+    per-completion token means.
 
     GRPO's objective (Shao et al. 2024, "DeepSeekMath"): 1/G Σ_i 1/|o_i| Σ_t. A completion
     with no tokens counts as 0 in the mean. `max_len` is ignored.
     """
-    per_seq = (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B,)
-    return per_seq.mean()  # ()
+    batch_mask = mask if batch_mask is None else batch_mask
+    per_seq = (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (b,)
+    return per_seq.sum() / batch_mask.shape[0]  # ()
 
 
-def constant_norm(values: Tensor, mask: Tensor, max_len: Optional[int] = None) -> Tensor:
-    """Σ_{b,t} m_bt v_bt / (B · max_len): divide by a constant, not by completion lengths.
+def constant_norm(values: Tensor, mask: Tensor, max_len: Optional[int] = None,
+                  batch_mask: Optional[Tensor] = None) -> Tensor:
+    """Σ_{b,t} m_bt v_bt / (B · max_len), B the batch's rows: divide by a constant, not by
+    completion lengths.
 
     Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective"):
     the per-length normalisation of GRPO biases towards long wrong answers; dividing by the
     generation budget `max_len` (max new tokens) removes that bias. `max_len` is required and
     must be at least the longest completion in the batch.
     """
+    batch_mask = mask if batch_mask is None else batch_mask
     if max_len is None or max_len < 1:
         raise ValueError(
             f"aggregation 'constant' (Dr. GRPO) needs max_len >= 1, the generation budget "
             f"(max new tokens), got {max_len!r}."
         )
-    longest = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
+    longest = int(batch_mask.sum(dim=1).max().item()) if batch_mask.numel() else 0
     if longest > max_len:
         raise ValueError(
             f"aggregation 'constant': a completion has {longest} tokens but max_len={max_len}; "
             "pass the generation budget (max new tokens) as max_len."
         )
-    B = values.shape[0]
-    return (values * mask).sum() / (B * max_len)  # ()
+    return (values * mask).sum() / (batch_mask.shape[0] * max_len)  # ()
 
 
-LossAggregation = Callable[[Tensor, Tensor, Optional[int]], Tensor]
+LossAggregation = Callable[..., Tensor]
 
 LOSS_AGGREGATIONS: dict[str, LossAggregation] = {
     "token_mean": token_mean,
     "seq_mean": seq_mean,
     "constant": constant_norm,
 }
-"""name → aggregation(values (B, T), mask (B, T), max_len) -> scalar."""
+"""name → aggregation(values (b, T), mask (b, T), max_len, batch_mask (B, T')) -> scalar."""
 
 
 def get_loss_aggregation(name: str) -> LossAggregation:
@@ -124,6 +136,7 @@ def clipped_surrogate(
     max_len: Optional[int] = None,
     ref_logprobs: Optional[Tensor] = None,
     kl_coef: float = 0.0,
+    batch_mask: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate with asymmetric clip range and optional k3 KL to a reference.
 
@@ -138,6 +151,10 @@ def clipped_surrogate(
     advantages: (B,) one per completion (put on every token) or (B, T) per token (span-level or
     process rewards). Padding positions (mask 0) never contribute, even if their log-probs are
     garbage: their log-ratios are set to 0 before exponentiating.
+
+    batch_mask: when these B rows are one micro-batch of a larger batch, that batch's mask
+    (B', T'): the denominators are the batch's, so the loss and every diagnostic below are this
+    micro-batch's share, and summed over the micro-batches they are the batch's (default: `mask`).
 
     Diagnostics (detached floats; token means over the mask unless noted):
     - pg_loss: agg(pg), the policy-gradient part of the loss.
@@ -175,18 +192,19 @@ def clipped_surrogate(
     pg_loss1 = -adv * ratio  # (B, T)
     pg_loss2 = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # (B, T)
     pg_tok = torch.maximum(pg_loss1, pg_loss2)  # (B, T)  = −min(ρA, clip(ρ)A)
-    pg_loss = aggregate(pg_tok, m, max_len)  # ()
+    batch_m = m if batch_mask is None else batch_mask.to(logprobs.dtype)  # (B', T')
+    pg_loss = aggregate(pg_tok, m, max_len, batch_m)  # ()
     loss = pg_loss
 
     kl_ref = None
     if ref_logprobs is not None:
         ref_diff = torch.where(on, ref_logprobs.detach() - logprobs, 0.0)  # (B, T)  ℓ_ref − ℓ
         kl_tok = k3(ref_diff)  # (B, T)
-        kl_ref = aggregate(kl_tok, m, max_len)  # ()
+        kl_ref = aggregate(kl_tok, m, max_len, batch_m)  # ()
         loss = loss + kl_coef * kl_ref
 
     with torch.no_grad():
-        n_tok = m.sum().clamp(min=1.0)  # ()
+        n_tok = batch_m.sum().clamp(min=1.0)  # ()  the batch's tokens
         clipped = (pg_loss2 > pg_loss1) & on  # (B, T)
         diagnostics = {
             "loss": loss.item(),

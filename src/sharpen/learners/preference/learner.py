@@ -19,25 +19,26 @@ copy of the model is held for reference "round".
 
 from __future__ import annotations
 
-import copy
 import random
 import time
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from sharpen.config import ConfigModel
 from sharpen.learners.base import (
-    LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, optimizer_step, step_seed,
+    LearnerContext, ReferenceModel, StepOutput, accepted_options, accumulated_step, adamw, batch_metrics,
+    batch_records, step_seed,
 )
 from sharpen.learners.preference.pairs import PAIR_BUILDERS, PreferencePair
 from sharpen.learners.preference.losses import get_preference_loss
+from sharpen.learners.training import TrainingConfig
 from sharpen.rollouts import Rollout
 from sharpen.tasks.base import Problem
 
 
-class PreferenceConfig(ConfigModel):
+class PreferenceConfig(TrainingConfig):
     """Settings of iterative preference learning (DPO, IPO, IRPO; ScPO; Self-Rewarding)."""
 
     kind: Literal["preference"] = Field(..., description="Which learner this is.")
@@ -89,7 +90,7 @@ class PreferenceLearning:
         self.optimizer = adamw(self.policy.model, cfg.lr, cfg.weight_decay)
         self.base = None
         if cfg.reference == "base":
-            self.base = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+            self.base = ReferenceModel(self.policy)
 
     def step(self, step: int, problems: list[Problem]) -> StepOutput:
         ctx, cfg = self.ctx, self.cfg
@@ -104,25 +105,38 @@ class PreferenceLearning:
             metrics.update(self.train(pairs, step))
         return StepOutput(metrics, batch_records(batch, ctx.log_completions))
 
-    def sequence_logprobs(self, pairs: list[PreferencePair], model=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probs (P,) of the chosen and of the rejected completions."""
-        live = self.policy.model
-        if model is not None:
-            self.policy.model = model
-        try:
-            prompts = [self.policy.encode(p.problem.prompt) for p in pairs] * 2
-            completions = [p.chosen.token_ids for p in pairs] + [p.rejected.token_ids for p in pairs]
-            scores = self.policy.score_tokens(prompts, completions)
-        finally:
-            self.policy.model = live
+    def sequence_logprobs(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs (P,) of the chosen and of the rejected completions under the
+        policy's model as it is now."""
+        prompts = [self.policy.encode(p.problem.prompt) for p in pairs] * 2
+        completions = [p.chosen.token_ids for p in pairs] + [p.rejected.token_ids for p in pairs]
+        scores = self.policy.score_tokens(prompts, completions)
         summed = (scores.logprobs * scores.mask).sum(-1)  # (2P,)
         return summed[: len(pairs)], summed[len(pairs) :]
+
+    def micro_batch_losses(self, pairs: list[PreferencePair], ref_chosen: torch.Tensor, ref_rejected: torch.Tensor):
+        """The loss of each micro-batch of `pairs` (a pair's two completions in the same one),
+        with the denominators of all `pairs` (`batch_weights`): shares of their loss."""
+        cfg, P = self.cfg, len(pairs)
+        batch_weights = torch.tensor([p.weight for p in pairs])  # (P,)
+        prompts = [self.policy.encode(p.problem.prompt) for p in pairs] * 2
+        completions = [p.chosen.token_ids for p in pairs] + [p.rejected.token_ids for p in pairs]
+        for rows in self.policy.micro_batches(prompts, completions, units=[[i, P + i] for i in range(P)]):
+            idx = [i for i in rows if i < P]  # the pairs of this micro-batch
+            chosen, rejected = self.sequence_logprobs([pairs[i] for i in idx])
+            device = chosen.device
+            yield self.loss(
+                chosen, rejected, ref_chosen[idx].to(device), ref_rejected[idx].to(device), beta=cfg.beta,
+                weights=batch_weights[idx].to(device), batch_weights=batch_weights.to(device),
+                chosen_lengths=torch.tensor([len(pairs[i].chosen.token_ids) for i in idx], device=device),
+                **accepted_options(self.loss, alpha=cfg.alpha),
+            )
 
     def train(self, pairs: list[PreferencePair], step: int) -> dict[str, float]:
         cfg = self.cfg
         start = time.perf_counter()
-        with torch.no_grad():
-            ref = [self.sequence_logprobs(pairs[lo : lo + cfg.batch_size], self.base)
+        with torch.no_grad(), self.base.using(self.policy) if self.base is not None else nullcontext():
+            ref = [self.sequence_logprobs(pairs[lo : lo + cfg.batch_size])
                    for lo in range(0, len(pairs), cfg.batch_size)]
         ref_chosen, ref_rejected = torch.cat([r[0] for r in ref]), torch.cat([r[1] for r in ref])
         order = list(range(len(pairs)))
@@ -135,16 +149,9 @@ class PreferenceLearning:
                 rng.shuffle(order)
                 for lo in range(0, len(order), cfg.batch_size):
                     idx = order[lo : lo + cfg.batch_size]
-                    chunk = [pairs[i] for i in idx]
-                    chosen, rejected = self.sequence_logprobs(chunk)
-                    loss, diag = self.loss(
-                        chosen, rejected, ref_chosen[idx], ref_rejected[idx], beta=cfg.beta,
-                        weights=torch.tensor([p.weight for p in chunk], device=chosen.device),
-                        chosen_lengths=torch.tensor([len(p.chosen.token_ids) for p in chunk], device=chosen.device),
-                        **accepted_options(self.loss, alpha=cfg.alpha),
-                    )
-                    diag["grad_norm"] = optimizer_step(self.policy.model, self.optimizer, loss, cfg.grad_clip,
-                                                       cfg.lr, diag)
+                    losses = self.micro_batch_losses([pairs[i] for i in idx], ref_chosen[idx], ref_rejected[idx])
+                    grad_norm, diag = accumulated_step(self.policy.model, self.optimizer, losses, cfg.grad_clip, cfg.lr)
+                    diag["grad_norm"] = grad_norm
                     for k, v in diag.items():
                         sums[k] = sums.get(k, 0.0) + v
                     updates += 1

@@ -15,6 +15,11 @@ and reduce per-pair losses L_i by a weighted mean Σ_i w_i L_i / Σ_i w_i (plain
 `weights` is None). Per-pair weights carry ScPO's vote margins ("Self-Consistency Preference
 Optimization", Prasad et al. 2024).
 
+`batch_weights` (P',): when these P pairs are one micro-batch of a batch of P' pairs, the
+weights of all the batch's pairs (ones for a loss without weights). The denominators are then
+the batch's, Σ_j W_j and P', so the loss and every diagnostic are this micro-batch's share,
+and summed over the micro-batches they are the batch's (gradient accumulation).
+
 Diagnostics (detached floats, unweighted means over pairs):
 - loss: the returned loss.
 - chosen_reward / rejected_reward: mean implicit reward r(y) = β (ℓ_θ(y) − ℓ_ref(y)).
@@ -62,12 +67,12 @@ def _check_pairs(who: str, beta: float, weights: Optional[Tensor], **logprobs: T
             )
 
 
-def _weighted_mean(values: Tensor, weights: Optional[Tensor]) -> Tensor:
-    """Σ_i w_i v_i / Σ_i w_i, or the plain mean when weights is None."""
-    if weights is None:
-        return values.mean()  # ()
-    w = weights.detach().to(values.dtype)  # (P,)
-    return (w * values).sum() / w.sum()  # ()
+def _weighted_mean(values: Tensor, weights: Optional[Tensor], batch_weights: Optional[Tensor] = None) -> Tensor:
+    """Σ_i w_i v_i / Σ_j W_j with W the batch's weights (default: `weights`; all ones when
+    weights is None: the plain mean)."""
+    w = torch.ones_like(values) if weights is None else weights.detach().to(values.dtype)  # (P,)
+    total = w.sum() if batch_weights is None else batch_weights.detach().to(values.dtype).sum()
+    return (w * values).sum() / total  # ()
 
 
 def _log_ratios(
@@ -79,19 +84,22 @@ def _log_ratios(
     return chosen, rejected
 
 
-def _diagnostics(loss: Tensor, chosen: Tensor, rejected: Tensor, beta: float) -> dict[str, float]:
-    """Detached implicit-reward diagnostics from the two log-ratios (P,)."""
+def _diagnostics(loss: Tensor, chosen: Tensor, rejected: Tensor, beta: float,
+                 batch_weights: Optional[Tensor] = None) -> dict[str, float]:
+    """Detached implicit-reward diagnostics from the two log-ratios (P,): means over the
+    batch's pairs (P' = len(batch_weights), default P)."""
+    pairs = chosen.shape[0] if batch_weights is None else batch_weights.shape[0]
     with torch.no_grad():
         chosen_reward = beta * chosen  # (P,)
         rejected_reward = beta * rejected  # (P,)
         margin = chosen_reward - rejected_reward  # (P,)  = β h
         return {
             "loss": loss.item(),
-            "chosen_reward": chosen_reward.mean().item(),
-            "rejected_reward": rejected_reward.mean().item(),
-            "reward_margin": margin.mean().item(),
-            "reward_accuracy": (margin > 0).float().mean().item(),
-            "log_ratio_diff": (chosen - rejected).mean().item(),
+            "chosen_reward": chosen_reward.sum().item() / pairs,
+            "rejected_reward": rejected_reward.sum().item() / pairs,
+            "reward_margin": margin.sum().item() / pairs,
+            "reward_accuracy": (margin > 0).float().sum().item() / pairs,
+            "log_ratio_diff": (chosen - rejected).sum().item() / pairs,
         }
 
 
@@ -107,6 +115,7 @@ def dpo_loss(
     beta: float = 0.1,
     weights: Optional[Tensor] = None,
     chosen_lengths: Optional[Tensor] = None,
+    batch_weights: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Direct Preference Optimization: L_i = −log σ(β h_i), L = Σ w_i L_i / Σ w_i.
 
@@ -121,8 +130,8 @@ def dpo_loss(
     chosen, rejected = _log_ratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected)  # (P,) ×2
     h = chosen - rejected  # (P,)
     per_pair = -F.logsigmoid(beta * h)  # (P,)
-    loss = _weighted_mean(per_pair, weights)  # ()
-    return loss, _diagnostics(loss, chosen, rejected, beta)
+    loss = _weighted_mean(per_pair, weights, batch_weights)  # ()
+    return loss, _diagnostics(loss, chosen, rejected, beta, batch_weights)
 
 
 def ipo_loss(
@@ -133,6 +142,7 @@ def ipo_loss(
     beta: float = 0.1,
     weights: Optional[Tensor] = None,
     chosen_lengths: Optional[Tensor] = None,
+    batch_weights: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Identity Preference Optimization: L_i = (h_i − 1/(2β))², L = Σ w_i L_i / Σ w_i.
 
@@ -147,8 +157,8 @@ def ipo_loss(
     chosen, rejected = _log_ratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected)  # (P,) ×2
     h = chosen - rejected  # (P,)
     per_pair = (h - 1.0 / (2.0 * beta)) ** 2  # (P,)
-    loss = _weighted_mean(per_pair, weights)  # ()
-    return loss, _diagnostics(loss, chosen, rejected, beta)
+    loss = _weighted_mean(per_pair, weights, batch_weights)  # ()
+    return loss, _diagnostics(loss, chosen, rejected, beta, batch_weights)
 
 
 def irpo_loss(
@@ -160,6 +170,7 @@ def irpo_loss(
     weights: Optional[Tensor] = None,
     chosen_lengths: Optional[Tensor] = None,
     alpha: float = 1.0,
+    batch_weights: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Iterative Reasoning Preference Optimization: DPO plus a length-normalised NLL on y_w.
 
@@ -185,11 +196,11 @@ def irpo_loss(
     dpo_term = -F.logsigmoid(beta * h)  # (P,)
     nll_term = -policy_chosen / chosen_lengths.to(policy_chosen.dtype)  # (P,)  NLL(y_w)/|y_w|
     per_pair = dpo_term + alpha * nll_term  # (P,)
-    loss = _weighted_mean(per_pair, weights)  # ()
-    diagnostics = _diagnostics(loss, chosen, rejected, beta)
+    loss = _weighted_mean(per_pair, weights, batch_weights)  # ()
+    diagnostics = _diagnostics(loss, chosen, rejected, beta, batch_weights)
     with torch.no_grad():
-        diagnostics["dpo_loss"] = _weighted_mean(dpo_term, weights).item()
-        diagnostics["nll_loss"] = _weighted_mean(nll_term, weights).item()
+        diagnostics["dpo_loss"] = _weighted_mean(dpo_term, weights, batch_weights).item()
+        diagnostics["nll_loss"] = _weighted_mean(nll_term, weights, batch_weights).item()
     return loss, diagnostics
 
 
@@ -201,7 +212,7 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     "irpo": irpo_loss,
 }
 """name → loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, weights,
-chosen_lengths) -> (loss, diagnostics); all log-probs (P,) summed over each completion."""
+chosen_lengths, batch_weights) -> (loss, diagnostics); all log-probs (P,) summed over each completion."""
 
 
 def get_preference_loss(name: str) -> PreferenceLoss:

@@ -26,16 +26,16 @@ from typing import Callable, Literal, Optional
 
 from pydantic import Field
 
-from sharpen.config import ConfigModel
 from sharpen.learners.base import LearnerContext, StepOutput, adamw, batch_metrics, batch_records, step_seed
 from sharpen.learners.rejection_sampling.selection import best_by_score, bstar_stats, keep_correct
 from sharpen.learners.sft import Example, fine_tune
+from sharpen.learners.training import TrainingConfig
 from sharpen.models.formats import as_messages
 from sharpen.rollouts import Rollout
 from sharpen.tasks.base import Problem, Prompt
 
 
-class RejectionSamplingConfig(ConfigModel):
+class RejectionSamplingConfig(TrainingConfig):
     """Settings of rejection-sampling fine-tuning (RFT, ReST-EM, STaR, sharpening)."""
 
     kind: Literal["rejection_sampling"] = Field(..., description="Which learner this is.")

@@ -35,7 +35,6 @@ decides the feedback and the logged turn accuracies.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Callable, Literal, Optional, Sequence
 
@@ -44,9 +43,10 @@ from pydantic import Field, field_validator
 from sharpen.config import ConfigModel
 from sharpen.episodes import next_prompt, run_episodes
 from sharpen.learners.base import (
-    EpisodeSettings, LearnerContext, StepOutput, adamw, episode_metrics, episode_records, step_seed, using_model,
+    EpisodeSettings, LearnerContext, ReferenceModel, StepOutput, adamw, episode_metrics, episode_records, step_seed,
 )
 from sharpen.learners.sft import Example, fine_tune
+from sharpen.learners.training import TrainingConfig
 from sharpen.models import check_model_spec
 from sharpen.models.base import Completion
 from sharpen.tasks.base import Problem
@@ -57,7 +57,7 @@ BASE_SEED_OFFSET = 9_000_011
 """Added to a step's seed for the base model's first attempts (first_turn base)."""
 
 
-class RiseConfig(ConfigModel):
+class RiseConfig(TrainingConfig):
     """Settings of RISE (recursive introspection)."""
 
     kind: Literal["rise"] = Field(..., description="Which learner this is.")
@@ -172,7 +172,7 @@ class Rise:
         self.base = None
         """The frozen initial model whose first attempts anchor turn 1 (first_turn base)."""
         if cfg.first_turn == "base":
-            self.base = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+            self.base = ReferenceModel(self.policy)
         self.teacher = None
         if cfg.teacher is not None:
             from sharpen.models import load_policy
@@ -241,7 +241,7 @@ class Rise:
     def base_first_attempts(self, problems: list[Problem], seed: int) -> list[Example]:
         """One first attempt per problem sampled from the frozen base model, as turn-1 examples
         of weight 1 (the largest RWR weight): SFT on them pulls turn 1 back to the base."""
-        with using_model(self.policy, self.base):
+        with self.base.using(self.policy):
             groups = self.policy.generate([p.prompt for p in problems],
                                           self.ctx.sampling.params(seed + BASE_SEED_OFFSET, n=1))
         return [Example(tuple(self.policy.encode(p.prompt)), tuple(c.token_ids)) for p, (c,) in zip(problems, groups)]

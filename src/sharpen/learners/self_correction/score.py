@@ -29,7 +29,6 @@ the task's checker whatever the reward (for the feedback and the logged turn acc
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -41,16 +40,17 @@ from sharpen.config import ConfigModel
 from sharpen.episodes import next_prompt, run_episodes
 from sharpen.learners.policy_gradient.advantages import MIN_GROUP_SIZE, get_advantage_estimator
 from sharpen.learners.base import (
-    EpisodeSettings, LearnerContext, StepOutput, adamw, behaviour_logprobs, episode_metrics, episode_records,
-    optimizer_step, reference_logprobs, step_seed,
+    EpisodeSettings, LearnerContext, ReferenceModel, StepOutput, accumulated_step, adamw, behaviour_logprobs,
+    episode_metrics, episode_records, reference_logprobs, step_seed,
 )
 from sharpen.learners.policy_gradient.learner import MIN_SCORABLE
 from sharpen.learners.policy_gradient.losses import clipped_surrogate
+from sharpen.learners.training import TrainingConfig
 from sharpen.models.base import Completion
 from sharpen.tasks.base import Problem
 
 
-class ScoreConfig(ConfigModel):
+class ScoreConfig(TrainingConfig):
     """Settings of SCoRe (two attempts, two stages)."""
 
     kind: Literal["score"] = Field(..., description="Which learner this is.")
@@ -127,7 +127,7 @@ class Score:
         self.reference = None
         """The base model, which the KL terms anchor to (kept only when a KL weight is > 0)."""
         if cfg.kl_coef > 0 or (cfg.stage1_kl > 0 and cfg.stage1_steps > 0):
-            self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+            self.reference = ReferenceModel(self.policy)
 
     def step(self, step: int, problems: list[Problem]) -> StepOutput:
         ctx, cfg = self.ctx, self.cfg
@@ -172,27 +172,45 @@ class Score:
         self.policy.model.train()
         try:
             for _ in range(self.cfg.epochs):
-                losses, diags = zip(*(self.attempt_loss(a, ref) for a, ref in zip(attempts, refs)))
-                loss = sum(losses)
-                grad_norm = optimizer_step(self.policy.model, self.optimizer, loss, self.cfg.grad_clip, self.cfg.lr,
-                                           {f"attempt{i + 1}": d for i, d in enumerate(diags)})
+                grad_norm, out = accumulated_step(self.policy.model, self.optimizer, self.micro_losses(attempts, refs),
+                                                  self.cfg.grad_clip, self.cfg.lr)
         finally:
             self.policy.model.eval()
-        out = {f"attempt{i + 1}/{k}": v for i, d in enumerate(diags) for k, v in d.items()}
-        out.update(loss=loss.item(), grad_norm=grad_norm, update_seconds=time.perf_counter() - start,
-                   kl_ref=sum(d.get("kl_ref", 0.0) for d in diags))
+        out.update(loss=sum(out[f"attempt{i + 1}/loss"] for i in range(len(attempts))), grad_norm=grad_norm,
+                   update_seconds=time.perf_counter() - start,
+                   kl_ref=sum(out.get(f"attempt{i + 1}/kl_ref", 0.0) for i in range(len(attempts))))
         return out
 
-    def attempt_loss(self, attempt: Attempt, ref: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def micro_losses(self, attempts: list[Attempt], refs: list[Optional[torch.Tensor]]):
+        """L(y; A, β) of each attempt, micro-batch by micro-batch (`policy.micro_batches`), each
+        with its attempt's denominators: shares that sum to Σ_attempts L; diagnostics prefixed
+        attempt<k>/."""
+        for k, (attempt, ref) in enumerate(zip(attempts, refs), start=1):
+            ids = [c.token_ids for c in attempt.completions]
+            batch_mask = torch.zeros((len(ids), max((len(i) for i in ids), default=0)))  # (B, T) the attempt's tokens
+            for row, i in enumerate(ids):
+                batch_mask[row, : len(i)] = 1
+            for rows in self.policy.micro_batches(attempt.prompt_ids, ids):
+                part = Attempt([attempt.prompt_ids[i] for i in rows], [attempt.completions[i] for i in rows],
+                               attempt.advantages[rows], attempt.kl_coef)
+                loss, diag = self.attempt_loss(part, None if ref is None else ref[rows], batch_mask)
+                yield loss, {f"attempt{k}/{name}": v for name, v in diag.items()}
+
+    def attempt_loss(self, attempt: Attempt, ref: Optional[torch.Tensor],
+                     batch_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
         """L(y; A, β): the clipped surrogate of one attempt's completions (B rows) with advantages
-        (B,), plus β times the k3 KL to the base model (`ref`: its log-probs, None when β = 0)."""
+        (B,), plus β times the k3 KL to the base model (`ref`: its log-probs, None when β = 0);
+        with `batch_mask`, these rows' share of the loss of the attempt whose mask it is."""
         completions = attempt.completions
         scores = self.policy.score_tokens(attempt.prompt_ids, [c.token_ids for c in completions],
                                           temperature=self.ctx.sampling.temperature or 1.0)
         logp, mask = scores.logprobs, scores.mask  # (B, T)  log π at the sampling temperature
-        old = behaviour_logprobs(completions, logp.shape[1]).to(logp.device)  # (B, T)  log μ of the sampler
-        return clipped_surrogate(logp, old, attempt.advantages.to(logp.dtype), mask, ref_logprobs=ref,
-                                 kl_coef=attempt.kl_coef)
+        T = logp.shape[1]
+        old = behaviour_logprobs(completions, T).to(logp.device)  # (B, T)  log μ of the sampler
+        return clipped_surrogate(logp, old, attempt.advantages.to(logp.dtype), mask,
+                                 ref_logprobs=None if ref is None else ref[:, :T].to(logp.device),
+                                 kl_coef=attempt.kl_coef,
+                                 batch_mask=None if batch_mask is None else batch_mask.to(logp.device))
 
     def reference_logprobs(self, attempt: Attempt) -> torch.Tensor:
         """log π_base of one attempt's completions, (B, T)."""
