@@ -17,13 +17,13 @@ from sharpen.learners.preference.pairs import PreferencePair
 from sharpen.learners.self_correction.score import Attempt, Score, ScoreConfig
 from sharpen.learners.sft import Example, fine_tune
 from sharpen.models import SamplingParams, scoring
-from sharpen.models.formats import WRONG_FEEDBACK, retry_messages
+from sharpen.models.formats import EMBEDDED, retry_messages
 from sharpen.rollouts import Rollout
 from sharpen.signals.reward import Reward
 from sharpen.tasks import get_task
 from sharpen.tasks.base import Problem
 
-PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [WRONG_FEEDBACK])]
+PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [EMBEDDED.retry_feedback])]
 TASK = get_task("addition")
 HUGE = 10**9
 
@@ -293,9 +293,9 @@ def test_score_step_is_the_same_whatever_the_micro_batches(policy):
     groups = policy.generate(PROMPTS[:2], SamplingParams(n=3, max_new_tokens=6, seed=3))
     first = [c for g in groups for c in g]
     prompts1 = [policy.encode(p) for p in PROMPTS[:2] for _ in range(3)]
-    prompts2 = [policy.encode(retry_messages(PROMPTS[i // 3], [c.text], [WRONG_FEEDBACK])) for i, c in
+    prompts2 = [policy.encode(retry_messages(PROMPTS[i // 3], [c.text], [EMBEDDED.retry_feedback])) for i, c in
                 enumerate(first)]
-    second = [g[0] for g in policy.generate([retry_messages(PROMPTS[i // 3], [c.text], [WRONG_FEEDBACK])
+    second = [g[0] for g in policy.generate([retry_messages(PROMPTS[i // 3], [c.text], [EMBEDDED.retry_feedback])
                                              for i, c in enumerate(first)], SamplingParams(max_new_tokens=5, seed=3))]
     learner = Score(context(policy), ScoreConfig(kind="score", kl_coef=0.1, grad_clip=1e9))
     attempts = [Attempt(prompts1, first, torch.linspace(-1, 1, 6), 0.5),
