@@ -5,8 +5,9 @@ HTTP goes through `urllib3`: one connection pool per policy, which keeps at most
 most `max_concurrency` are in flight per policy, however many threads call `generate`), and
 retries failures and times out attempts by its own `Retry` and `Timeout` settings. One request
 per prompt, in a thread pool. (urllib3 rather than the official `openai` client over httpx:
-their per-request work cost twice the client CPU of this pool and made it slower than one
-fresh urllib connection per request; see benchmarks/README.md, "HTTP client".)
+their per-request work took two to three times the client CPU of this pool, and made the
+backend slower than one fresh urllib connection per request; benchmarks/README.md,
+`http_client.py`.)
 
     policy = OpenAIPolicy("http://127.0.0.1:8000/v1", "default")
     policy = load_policy("http://127.0.0.1:8000/v1#default")       # the same, as a model spec
