@@ -4,7 +4,6 @@ the real `sharpen serve` over a tiny model."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
