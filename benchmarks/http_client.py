@@ -11,12 +11,13 @@ time, alike for both clients. Then, for each client,
 one `OpenAIPolicy.generate` call of `--requests` single-token chat completions with
 `max_concurrency=--concurrency`, and prints requests/s, the TCP connections the requests
 arrived on during the call (distinct client address and port in each request's ASGI scope,
-counted in the server process, not by the client), and the client process's CPU time per
-request (less sensitive than requests/s to other load).
+counted in the server process, not by the client), and the CPU time per request of the client
+process and of the server process (less sensitive than requests/s to other load), and the
+ratio of the two clients' requests/s in each round.
 
-The clients: "new" is `sharpen.models.openai_http` as installed (the `openai` client, pooled);
-"old" is the same file at `--old-commit` (the urllib client, one connection per request), read
-with `git show` into a temporary module, so this needs a git checkout. The two run in turn,
+The clients: "new" is `sharpen.models.openai_http` as installed (a urllib3 pool, connections
+kept alive); "old" is the same file at `--old-commit` (the urllib client, one connection per
+request), read with `git show` into a temporary module, so this needs a git checkout. The two run in turn,
 `--rounds` times, alternating which goes first; the figures of every round are printed.
 A benchmark, not a test: it measures and prints; only loopback traffic.
 """
@@ -70,7 +71,7 @@ def tiny_model() -> Path:
 def serve(model: str) -> None:
     """The server process: `sharpen serve` over `model` on an ephemeral loopback port, counting
     the TCP connections requests arrive on. Prints "url URL", then answers each line "count" on
-    stdin with the number so far; stops at the end of stdin."""
+    stdin with the number so far and the process's CPU seconds; stops at the end of stdin."""
     srv = make_server(load_policy(str(tiny_model()) if model == "tiny" else model), port=0, max_n=8)
     clients: set = set()  # (address, port) of every TCP connection a request arrived on
     app = srv.uvicorn.config.app
@@ -85,13 +86,14 @@ def serve(model: str) -> None:
     print(f"url {srv.url}", flush=True)
     for line in sys.stdin:
         if line.strip() == "count":
-            print(len(clients), flush=True)
+            print(len(clients), time.process_time(), flush=True)
     srv.stop()
 
 
 class ServerProcess:
     """`serve` in a child process (its own interpreter, as a real server: client and server
-    do not share a GIL); `accepted()` asks it how many connections it accepted."""
+    do not share a GIL); `counters()` asks it how many connections it accepted and how much CPU
+    time it used."""
 
     def __init__(self, model: str) -> None:
         self.process = subprocess.Popen([sys.executable, __file__, "--serve", model], text=True,
@@ -101,29 +103,31 @@ class ServerProcess:
             raise RuntimeError(f"the server process did not start (it printed {line!r})")
         self.url = line.split()[1]
 
-    def accepted(self) -> int:
+    def counters(self) -> tuple[int, float]:
         self.process.stdin.write("count\n")
         self.process.stdin.flush()
-        return int(self.process.stdout.readline())
+        connections, cpu_seconds = self.process.stdout.readline().split()
+        return int(connections), float(cpu_seconds)
 
     def stop(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=60)
 
 
-def run_client(name: str, policy_class, url: str, accepted, requests: int, concurrency: int) -> dict:
+def run_client(name: str, policy_class, url: str, counters, requests: int, concurrency: int) -> dict:
     policy = policy_class(url, "default", max_concurrency=concurrency, max_retries=0)
     prompts = [f"{10 + i % 90}+{10 + i * 7 % 90}=" for i in range(requests)]
-    before = accepted()
+    before = counters()
     start, cpu = time.perf_counter(), time.process_time()
     groups = policy.generate(prompts, SamplingParams(max_new_tokens=1))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    connections = accepted() - before
+    after = counters()
+    connections, server_cpu = after[0] - before[0], after[1] - before[1]
     if hasattr(policy, "close"):
         policy.close()
     assert len(groups) == requests and all(len(g) == 1 for g in groups)
     return {"client": name, "requests": requests, "seconds": seconds, "requests_per_s": requests / seconds,
-            "client_cpu_ms": 1000 * cpu / requests,
+            "client_cpu_ms": 1000 * cpu / requests, "server_cpu_ms": 1000 * server_cpu / requests,
             "connections": connections, "completion_tokens": policy.usage.snapshot()["completion_tokens"]}
 
 
@@ -145,27 +149,33 @@ def main(argv=None) -> int:
     clients = {"old": old_client_module(args.old_commit).OpenAIPolicy, "new": OpenAIPolicy}
     server = ServerProcess(args.model)
     try:
-        run_client("warm-up", OpenAIPolicy, server.url, server.accepted, 2 * args.concurrency, args.concurrency)
+        run_client("warm-up", OpenAIPolicy, server.url, server.counters, 2 * args.concurrency, args.concurrency)
         results = []
         for r in range(args.rounds):
             for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                results.append(run_client(name, clients[name], server.url, server.accepted, args.requests,
+                results.append(run_client(name, clients[name], server.url, server.counters, args.requests,
                                           args.concurrency))
                 row = results[-1]
                 print(f"round {r + 1} {name}: {row['requests_per_s']:.1f} requests/s, {row['seconds']:.2f} s, "
-                      f"{row['client_cpu_ms']:.2f} ms client CPU per request, "
+                      f"{row['client_cpu_ms']:.2f} ms client CPU and {row['server_cpu_ms']:.2f} ms server CPU "
+                      f"per request, "
                       f"{row['connections']} connections accepted by the server", flush=True)
     finally:
         server.stop()
 
     print(f"\n{args.requests} single-token chat completions at concurrency {args.concurrency}, "
           f"model {args.model!r}, sharpen serve on loopback, {args.rounds} round(s)")
-    print(f"{'client':<8}{'requests/s (mean)':>20}{'client CPU ms/request':>24}{'connections (max)':>20}")
-    for name in ("old", "new"):
-        rows = [row for row in results if row["client"] == name]
-        rate = sum(row["requests_per_s"] for row in rows) / len(rows)
-        cpu = sum(row["client_cpu_ms"] for row in rows) / len(rows)
-        print(f"{name:<8}{rate:>20.1f}{cpu:>24.2f}{max(row['connections'] for row in rows):>20}")
+    print(f"{'client':<8}{'requests/s (mean)':>20}{'client CPU ms/request':>24}{'server CPU ms/request':>24}"
+          f"{'connections (max)':>20}")
+    rows = {name: [row for row in results if row["client"] == name] for name in ("old", "new")}
+    for name, own in rows.items():
+        mean = {key: sum(row[key] for row in own) / len(own)
+                for key in ("requests_per_s", "client_cpu_ms", "server_cpu_ms")}
+        print(f"{name:<8}{mean['requests_per_s']:>20.1f}{mean['client_cpu_ms']:>24.2f}{mean['server_cpu_ms']:>24.2f}"
+              f"{max(row['connections'] for row in own):>20}")
+    ratios = [new["requests_per_s"] / old["requests_per_s"] for old, new in zip(rows["old"], rows["new"])]
+    print(f"new/old requests/s per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+          f"(mean {sum(ratios) / len(ratios):.2f})")
     command = " ".join(["python", "benchmarks/http_client.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"command: {command}")
     return 0

@@ -1,9 +1,13 @@
 """A policy backed by an OpenAI-compatible HTTP server (vLLM, llama.cpp, OpenAI, `sharpen serve`).
 
-HTTP goes through the official `openai` client (`pip install 'sharpen[openai]'`): one client
-per policy, whose pool keeps at most `max_concurrency` connections and reuses them, and whose
-own `max_retries` and `timeout` retry failures. One request per prompt, in a thread pool, at
-most `max_concurrency` in flight per policy.
+HTTP goes through `urllib3`: one connection pool per policy, which keeps at most
+`max_concurrency` connections alive and reuses them, holds a request until one is free (so at
+most `max_concurrency` are in flight per policy, however many threads call `generate`), and
+retries failures and times out attempts by its own `Retry` and `Timeout` settings. One request
+per prompt, in a thread pool. (urllib3 rather than the official `openai` client over httpx:
+their per-request work took two to three times the client CPU of this pool, and made the
+backend slower than one fresh urllib connection per request; benchmarks/README.md,
+`http_client.py`.)
 
     policy = OpenAIPolicy("http://127.0.0.1:8000/v1", "default")
     policy = load_policy("http://127.0.0.1:8000/v1#default")       # the same, as a model spec
@@ -27,16 +31,23 @@ No tokenizer, no forward pass: signals and strategies that score with the model
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence
 
+import urllib3
+
 from sharpen.models.base import Completion, ModelSpecError, SamplingParams
 from sharpen.models.formats import TemplateSet, as_messages
 from sharpen.tasks.base import Prompt
+
+RETRY_STATUSES = frozenset({408, 409, 429, *range(500, 600)})
+"""Statuses retried (request timeout, conflict, rate limit, server errors); others fail at once."""
 
 HTTP_SPEC = "http(s)://HOST:PORT/PREFIX#MODEL[?OPTION=VALUE&...]"
 """A server's model spec: base URL, '#', served model name, settings from `SPEC_OPTIONS`."""
@@ -57,19 +68,48 @@ SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {"timeout": float, "max_retries"
 the function that reads its value."""
 
 
-def _openai() -> Any:
-    """The `openai` module, or a clear error naming the extra that installs it."""
-    try:
-        import openai
-    except ImportError as e:
-        raise ModelSpecError("an OpenAI-compatible server needs the 'openai' package: "
-                             "pip install 'sharpen[openai]'") from e
-    return openai
+class _Retry(urllib3.Retry):
+    """urllib3's `Retry` with two of the OpenAI API's habits: a wait before the first retry too
+    (urllib3 waits none; a server that drops its connection after an error, as uvicorn does
+    after an unhandled exception, has then dropped it before the retry would reuse it), and
+    the server's "retry-after-ms" header besides Retry-After."""
+
+    def get_backoff_time(self) -> float:
+        wait = self.backoff_factor * 2 ** (len(self.history) - 1) + random.random() * self.backoff_jitter
+        return min(self.backoff_max, wait)
+
+    def get_retry_after(self, response: Any) -> Optional[float]:
+        milliseconds = response.headers.get("retry-after-ms")
+        if milliseconds is not None and milliseconds.isdigit():
+            return min(int(milliseconds) / 1000, self.retry_after_max)
+        return super().get_retry_after(response)
 
 
-def _attempts(request: Any) -> int:
-    """How many times the client has sent a request: each attempt carries its retry count."""
-    return int(request.headers.get("x-stainless-retry-count", 0)) + 1
+class _OneWrite:
+    """A urllib3 connection that writes a request's head and body in one send (urllib3 sends
+    them apart: two TCP segments, each handled by both ends, the server woken for each)."""
+
+    _writes: Optional[list] = None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._writes = []
+        try:
+            super().request(*args, **kwargs)  # its writes go to send() below
+            data = b"".join(self._writes)
+        finally:
+            self._writes = None
+        self.send(data)
+
+    def send(self, data: Any) -> None:
+        if self._writes is None:
+            super().send(data)
+        else:
+            self._writes.append(data)
+
+
+_CONNECTIONS = {"http": type("HTTPConnection", (_OneWrite, urllib3.connection.HTTPConnection), {}),
+                "https": type("HTTPSConnection", (_OneWrite, urllib3.connection.HTTPSConnection), {})}
+"""The pools' connection classes, by URL scheme."""
 
 
 class HTTPBackendError(RuntimeError):
@@ -123,15 +163,29 @@ class TokenUsage:
                     setattr(self, f.name, 0)
 
 
-def _server_message(body: Any) -> str:
-    """The message of an error body as the client decoded it (OpenAI's inner "error" object,
-    FastAPI's {"detail"}, or text)."""
+def _server_message(raw: bytes) -> str:
+    """The message of an error body: OpenAI's {"error": {"message"}}, FastAPI's {"detail"},
+    or the text."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
     if isinstance(body, dict):
         for key in ("message", "detail", "msg", "error"):
             if body.get(key):
                 return str(body[key])
-    text = str(body or "").strip()
     return text[:500] or "(empty body)"
+
+
+def _transport_failure(reason: Exception, timeout: float) -> str:
+    """What went wrong when no response came (urllib3's reason for giving up)."""
+    if isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+            reason, urllib3.exceptions.NewConnectionError):  # a refused connection is no timeout
+        return f"timed out after {timeout} s"
+    return f"connection error: {reason!r}"
 
 
 def _prompt_text(prompt: Prompt) -> str:
@@ -172,10 +226,11 @@ class OpenAIPolicy:
     """Samples completions from an OpenAI-compatible server; see the module docstring.
 
     `base_url` includes the API prefix ("http://localhost:8000/v1"); `endpoint` is "chat"
-    (messages) or "completions" (a prompt string). `timeout` (seconds per attempt) and
-    `max_retries` are the `openai` client's: it retries connection errors, timeouts,
-    408/409/429 and 5xx, waiting 0.5 s doubling to 8 s (jittered) or the server's Retry-After
-    (up to 2 min); other statuses raise `HTTPBackendError` at once. `token_ids` is a key of
+    (messages) or "completions" (a prompt string). `timeout` (seconds to connect, and per read,
+    per attempt) and `max_retries` set the pool's `Timeout` and `Retry`: it retries connection
+    errors, timeouts and `RETRY_STATUSES` after 0.5 s doubling to 8 s (plus up to 0.25 s of
+    jitter) or after the server's retry-after-ms or Retry-After (at most 2 min);
+    other statuses raise `HTTPBackendError` at once, and so do redirects. `token_ids` is a key of
     `TOKEN_ID_REQUESTS`; `extra_body` adds fields to every request (e.g. vLLM's `top_k`).
 
     `SamplingParams.seed` goes with every prompt; reproducibility depends on the server. The
@@ -197,9 +252,6 @@ class OpenAIPolicy:
             raise ValueError(f"token_ids must be one of {', '.join(TOKEN_ID_REQUESTS)}, got {token_ids!r}")
         if token_ids != "none" and not request_logprobs:
             raise ValueError("token_ids come with the logprobs: they need request_logprobs=True")
-        openai = self._openai = _openai()
-        import httpx2  # the HTTP library under openai 3 (its dependency)
-
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout = timeout
@@ -214,16 +266,18 @@ class OpenAIPolicy:
         """The prompt template set a user chose for this model (`formats.use_prompts`); None:
         the one `formats.template_set_for` picks (chat)."""
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        # A pool as large as the requests in flight: every connection is reused, none waits.
-        limits = httpx2.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._raw_response = httpx2.Response  # what the client's generic get/post return as is
-        self._client = openai.OpenAI(
-            base_url=self.base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries,
-            http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout))
         # Without a key (vLLM, llama.cpp, sharpen serve) requests carry no Authorization header.
-        self._headers = {} if api_key else {"Authorization": openai.Omit()}
-        # Bounds requests in flight even when several threads call generate() at once.
-        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._prefix = urllib.parse.urlsplit(self.base_url).path  # "/v1": the pool is per host
+        retry = _Retry(total=max_retries, status_forcelist=RETRY_STATUSES, allowed_methods=None,
+                       backoff_factor=0.5, backoff_max=8.0, backoff_jitter=0.25,
+                       retry_after_max=120, raise_on_status=False)
+        # At most max_concurrency connections, all kept alive; a request waits for a free one.
+        self._pool = urllib3.connection_from_url(
+            self.base_url, maxsize=max_concurrency, block=True, retries=retry,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        self._pool.ConnectionCls = _CONNECTIONS[self._pool.scheme]
 
     @classmethod
     def from_spec(cls, spec: str) -> "OpenAIPolicy":
@@ -261,40 +315,34 @@ class OpenAIPolicy:
 
     def close(self) -> None:
         """Close the pooled connections; the policy cannot send requests afterwards."""
-        self._client.close()
+        self._pool.close()
 
     # -- requests -----------------------------------------------------------------------
 
     def _send(self, path: str, payload: Optional[dict] = None) -> Any:
-        """GET (or POST `payload` to) {base_url}/{path} through the client (its retries
-        included) within a concurrency slot: the decoded JSON body, or HTTPBackendError naming
-        the server, the model and the attempts. (The client's generic `get`/`post` rather than
-        its typed resources: the same pool and retries without a per-request type transform.)"""
-        openai = self._openai
-        url, options = f"{self.base_url}/{path}", {"headers": self._headers}
+        """GET (or POST `payload` as JSON to) {base_url}/{path} through the pool, its retries
+        included: the decoded JSON body, or HTTPBackendError naming the server, the model and
+        the attempts."""
+        url, target = f"{self.base_url}/{path}", f"{self._prefix}/{path}"
         try:
-            with self._slots:
-                if payload is None:
-                    response = self._client.get(f"/{path}", cast_to=self._raw_response, options=options)
-                else:
-                    response = self._client.post(f"/{path}", body=payload, cast_to=self._raw_response,
-                                                 options=options)
-        except openai.APIError as err:
-            attempts = _attempts(err.request)
-            self.usage.add(retries=attempts - 1)
-            if isinstance(err, openai.APIStatusError):
-                status, message = err.status_code, _server_message(err.body)
-            elif isinstance(err, openai.APITimeoutError):
-                status, message = None, f"timed out after {self.timeout} s"
+            if payload is None:
+                response = self._pool.urlopen("GET", target, headers=self._headers, redirect=False)
             else:
-                status, message = None, f"connection error: {err.__cause__!r}"
-            raise HTTPBackendError(url, self.model, status, message, attempts) from err
-        self.usage.add(retries=_attempts(response.request) - 1)
+                response = self._pool.urlopen("POST", target, body=json.dumps(payload).encode(),
+                                              headers=self._json_headers, redirect=False)
+        except urllib3.exceptions.MaxRetryError as err:  # no response, and no retry left
+            self.usage.add(retries=self.max_retries)
+            raise HTTPBackendError(url, self.model, None, _transport_failure(err.reason, self.timeout),
+                                   self.max_retries + 1) from err
+        attempts = len(response.retries.history) + 1 if response.retries else 1
+        self.usage.add(retries=attempts - 1)
+        if response.status >= 300:
+            raise HTTPBackendError(url, self.model, response.status, _server_message(response.data), attempts)
         try:
-            return response.json()
+            return json.loads(response.data)
         except ValueError as e:
-            raise HTTPBackendError(url, self.model, response.status_code,
-                                   f"response is not JSON: {response.text[:200]!r}") from e
+            text = response.data[:200].decode("utf-8", "replace")
+            raise HTTPBackendError(url, self.model, response.status, f"response is not JSON: {text!r}") from e
 
     def list_models(self) -> list[str]:
         """Ids of the models the server serves (GET {base_url}/models)."""
