@@ -365,7 +365,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.config import ConfigError
     from sharpen.evaluation.compare import CompareError
     from sharpen.loop import RunStopped
-    from sharpen.models import ModelSpecError
+    from sharpen.models import ContextLengthError, ModelSpecError
     from sharpen.models.openai_http import HTTPBackendError
     from sharpen.reports.data import RunDataError, RunDirError
     from sharpen.runs.store import RunStoreError
@@ -374,8 +374,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.strategies import StrategyOptionError, StrategySpecError, UnknownStrategyError
     from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
 
-    return (CliError, ConfigError, CompareError, RunStopped, ModelSpecError, HTTPBackendError, RunStoreError,
-            RunDataError, RunDirError,
+    return (CliError, ConfigError, CompareError, RunStopped, ModelSpecError, ContextLengthError, HTTPBackendError,
+            RunStoreError, RunDataError, RunDirError,
             RewardFunctionError, SignalOptionError, UnknownSignalError, SpecError, UserCodeError,
             StrategyOptionError, StrategySpecError, UnknownStrategyError, TaskDataError, TaskOptionError,
             UnknownTaskError)
