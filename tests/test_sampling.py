@@ -32,16 +32,16 @@ def forward_logprobs(policy, prompt_ids, completion_ids, temperature: float = 1.
     return logp.gather(-1, full[start:, None]).squeeze(-1)  # (n,)
 
 
-def assert_logprobs_match_a_forward_pass(policy, prompts, params: SamplingParams) -> None:
+def assert_logprobs_match_a_forward_pass(policy, prompts, params: SamplingParams, atol: float = 2e-5) -> None:
     groups = policy.generate(prompts, params)
     for prompt, group in zip(prompts, groups):
         ids = policy.encode(prompt)
         for c in group:
             assert len(c.token_ids) == len(c.logprobs) == len(c.sampling_logprobs) >= 1
             torch.testing.assert_close(torch.tensor(c.logprobs), forward_logprobs(policy, ids, c.token_ids),
-                                       atol=2e-5, rtol=0)
+                                       atol=atol, rtol=0)
             behaviour = forward_logprobs(policy, ids, c.token_ids, params.temperature, params.top_k)
-            torch.testing.assert_close(torch.tensor(c.sampling_logprobs), behaviour, atol=2e-5, rtol=0)
+            torch.testing.assert_close(torch.tensor(c.sampling_logprobs), behaviour, atol=atol, rtol=0)
 
 
 def split_stop(policy, token_ids) -> tuple[str, int]:
@@ -78,7 +78,7 @@ def run_with(policy, rows, params, compact_at: float, seed: int = 5):
     return out, tokens
 
 
-def assert_compaction_changes_no_row(policy, prompts, params, monkeypatch) -> None:
+def assert_compaction_changes_no_row(policy, prompts, params, monkeypatch, atol: float = 1e-5) -> None:
     rows = [policy.encode(p) for p in prompts for _ in range(params.n)]
     sizes = batch_sizes(policy, monkeypatch)
     kept, kept_tokens = run_with(policy, rows, params, compact_at=2.0)  # ended rows stay until all end
@@ -91,9 +91,9 @@ def assert_compaction_changes_no_row(policy, prompts, params, monkeypatch) -> No
     assert sizes[-1] < len(rows)
     for a, b in zip(kept, compact):
         assert (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
-        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=atol, rtol=0)
         torch.testing.assert_close(torch.tensor(a.sampling_logprobs), torch.tensor(b.sampling_logprobs),
-                                   atol=1e-5, rtol=0)
+                                   atol=atol, rtol=0)
         assert [[t for t, _ in top] for top in a.top_logprobs] == [[t for t, _ in top] for top in b.top_logprobs]
     assert kept_tokens == compact_tokens == {r: list(c.token_ids) for r, c in enumerate(kept)}
 
@@ -246,7 +246,7 @@ SMOLLM2_PROMPTS = [
 @pytest.mark.slow
 def test_smollm2_generation_logprobs_equal_a_separate_forward_pass(smollm2_policy):
     params = SamplingParams(n=2, max_new_tokens=12, seed=3, temperature=0.7, top_k=50)
-    assert_logprobs_match_a_forward_pass(smollm2_policy, SMOLLM2_PROMPTS, params)
+    assert_logprobs_match_a_forward_pass(smollm2_policy, SMOLLM2_PROMPTS, params, atol=1e-4)  # 30 float32 layers
 
 
 @pytest.mark.slow
@@ -263,7 +263,7 @@ def test_smollm2_a_stop_string_split_across_two_tokens_is_caught(smollm2_policy)
 @pytest.mark.slow
 def test_smollm2_rows_that_ended_leaving_the_batch_change_no_row(smollm2_policy, monkeypatch):
     params = SamplingParams(n=4, max_new_tokens=16, temperature=0.7, top_logprobs=2)
-    assert_compaction_changes_no_row(smollm2_policy, SMOLLM2_PROMPTS, params, monkeypatch)
+    assert_compaction_changes_no_row(smollm2_policy, SMOLLM2_PROMPTS, params, monkeypatch, atol=1e-4)
 
 
 @pytest.mark.slow

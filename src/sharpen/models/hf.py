@@ -122,7 +122,8 @@ class HFPolicy:
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams, on_token: Optional[TokenCallback] = None
     ) -> list[list[Completion]]:
-        """For each prompt, `params.n` sampled completions; `on_token` sees each token as sampled."""
+        """For each prompt, `params.n` sampled completions; `on_token` sees each token as sampled.
+        A prompt whose tokens plus max_new_tokens exceed the model's context is a ContextLengthError."""
         prompt_ids = [self.encode(p) for p in prompts]
         sampling.check_context_length(prompt_ids, params.max_new_tokens, self.context_length)
         rows = [ids for ids in prompt_ids for _ in range(params.n)]  # prompt i at rows i*n..i*n+n-1

@@ -13,14 +13,19 @@ Per step, for the rows still running:
 3. a row ends at an end-of-sequence or stop token id, or when its text, decoded incrementally
    (`StopStrings`), contains a stop string;
 4. rows that ended leave the batch's work: once `compact_at` of the batch has ended, the KV
-   cache, attention mask and positions are index-selected down to the running rows
-   (`Cache.reorder_cache`, which every cache layer type of transformers 5 implements), so an
-   ended row costs nothing after that.
+   cache, attention mask and positions are index-selected down to the running rows, so an
+   ended row costs nothing after that. The cache is selected with `Cache.reorder_cache`
+   (an index_select on the batch dimension that every cache layer type of transformers 5
+   implements; `batch_select_indices` exists for the dynamic layers only). A compaction copies
+   the cache once, about what a decoding step's own `torch.cat` into it costs, so it waits for
+   1/8 of the rows (`COMPACT_AT`) rather than happening at every row's end.
 
-What holds: compacting does not change any row's draws, so a row's tokens equal those of a run
-that keeps ended rows in the batch; its log-probs equal them to float tolerance (a matrix
-product over fewer rows may round differently in the last bits). Only tensors of shape (B,)
-cross to the CPU per step (the sampled tokens); records stay on the device until the end.
+What holds: compacting does not change any row's draws, and a row's log-probs equal those of a
+run that keeps ended rows in the batch to float tolerance (a matrix product over fewer rows may
+round differently in the last bits), so its tokens are the same unless a draw lands within that
+rounding of the boundary between two tokens' intervals (odds near 1e-6 per token). Only tensors
+of shape (B,) cross to the CPU per step (the sampled tokens); records stay on the device until
+the end.
 """
 
 from __future__ import annotations
@@ -127,11 +132,11 @@ class StopStrings:
 
     def __init__(self, tokenizer: "PreTrainedTokenizerBase", stop: Sequence[str], rows: int) -> None:
         self.stop = tuple(stop)
+        # many windows at once: the Rust tokenizer's batch decode where there is one (what
+        # tokenizer.decode does, without its Python overhead per window), else the tokenizer's own
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is not None and not tokenizer.clean_up_tokenization_spaces:
             self.decode_batch = lambda windows: backend.decode_batch(windows, skip_special_tokens=True)
-            """Many windows at once: the Rust tokenizer's batch decode where there is one (what
-            tokenizer.decode does, without its Python overhead), else the tokenizer's own."""
         else:
             self.decode_batch = lambda windows: tokenizer.batch_decode(windows, skip_special_tokens=True)
         self.ids: list[list[int]] = [[] for _ in range(rows)]
