@@ -64,6 +64,10 @@ CASES: dict[str, Case] = {
                                                    "a local Hugging Face checkpoint directory"]),
     "hub name while the hub is unreachable": Case(["eval", "--task", "addition", "--model", "nosuch-org/nosuch"],
                                                   ["model 'nosuch-org/nosuch'", "hub", "local Hugging Face cache"]),
+    "run: prompt and max_new_tokens over the context": run_yaml(
+        f"model: {TINY}\nsteps: 2\nproblems_per_step: 2\nsampling: {{group_size: 2, max_new_tokens: 200}}\n"
+        "eval: {problems: 2, samples: 2, ks: [1]}\n",
+        "with max_new_tokens 200", "over the model's context length of 128 tokens", "lower max_new_tokens"),
     "user reward raises": run_yaml(f"model: {TINY}\n{SHORT_RUN}rewards: [{{name: r.py:reward}}]\n",
                                    "run stopped: step 1", "reward function 'r.py:reward'", "r.py:1",
                                    "ZeroDivisionError: bad reward", "on problem 'addition/",

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sharpen.models import SamplingParams
 from sharpen.models.embedded import ConversationEncoder, build_tokenizer, corrupt, ensure_default_model, model_dir
 from sharpen.models.formats import EMBEDDED, retry_messages
-from sharpen.models.hf import min_p_filter, top_k_filter, top_p_filter
+from sharpen.models.sampling import min_p_filter, top_k_filter, top_p_filter
 
 PROMPTS = ["37+58=", "4+5=", retry_messages("12+30=", ["41"], [EMBEDDED.retry_feedback])]
 

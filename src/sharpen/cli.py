@@ -393,7 +393,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.evaluation.compare import CompareError
     from sharpen.export import ExportError
     from sharpen.loop import RunStopped
-    from sharpen.models import ModelSpecError
+    from sharpen.models import ContextLengthError, ModelSpecError
     from sharpen.models.openai_http import HTTPBackendError
     from sharpen.reports.data import RunDataError, RunDirError
     from sharpen.runs.store import RunStoreError
@@ -402,7 +402,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sharpen.strategies import StrategyOptionError, StrategySpecError, UnknownStrategyError
     from sharpen.tasks import TaskDataError, TaskOptionError, UnknownTaskError
 
-    return (CliError, ConfigError, CompareError, ExportError, RunStopped, ModelSpecError, HTTPBackendError,
+    return (CliError, ConfigError, CompareError, ExportError, RunStopped, ModelSpecError, ContextLengthError,
+            HTTPBackendError,
             RunStoreError, RunDataError, RunDirError,
             RewardFunctionError, SignalOptionError, UnknownSignalError, SpecError, UserCodeError,
             StrategyOptionError, StrategySpecError, UnknownStrategyError, TaskDataError, TaskOptionError,

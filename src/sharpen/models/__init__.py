@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from sharpen.models.base import Completion, ModelSpecError, Policy, SamplingParams, TokenScores
+from sharpen.models.base import Completion, ContextLengthError, ModelSpecError, Policy, SamplingParams, TokenScores
 
 if TYPE_CHECKING:
     from sharpen.models.hf import HFPolicy
@@ -155,6 +155,7 @@ def load_policy(spec: str = "default", *, device: Optional[str] = None, seed: in
 
 
 __all__ = [
-    "MODEL_FORMS", "Completion", "ModelForm", "ModelSpecError", "Policy", "SamplingParams", "TokenScores",
+    "MODEL_FORMS", "Completion", "ContextLengthError", "ModelForm", "ModelSpecError", "Policy", "SamplingParams",
+    "TokenScores",
     "accepted_forms", "check_model_spec", "load_policy", "model_form", "resolve_model",
 ]

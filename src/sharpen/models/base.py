@@ -88,6 +88,10 @@ class ModelSpecError(ValueError):
     """A model spec (what `load_policy` and `--model` take) cannot be used."""
 
 
+class ContextLengthError(ValueError):
+    """A prompt plus max_new_tokens is longer than the model's context length."""
+
+
 @dataclass
 class TokenScores:
     """Per-token scores of given completions under a model; tensors are (B, T)."""

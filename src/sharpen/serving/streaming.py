@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional, Sequence
 
-from sharpen.models.hf import cut_at_stop
+from sharpen.models.sampling import cut_at_stop
 
 DONE = "data: [DONE]\n\n"
 
