@@ -35,6 +35,10 @@ class SamplingParams:
     """Token ids that end a completion like end-of-sequence (kept in token_ids and text)."""
     top_logprobs: int = 0
     """Also return, at each generated position, this many most likely tokens with their logprobs."""
+    prompt_seeds: tuple[int, ...] = ()
+    """One seed per prompt: prompt i's group is drawn from its own generator seeded with
+    prompt_seeds[i], so it does not depend on which prompts share the call (rollouts sharded
+    over workers sample what one process would). Empty: `seed` seeds the whole call."""
 
     def __post_init__(self) -> None:
         if self.n < 1:

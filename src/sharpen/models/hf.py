@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -71,6 +71,23 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 TokenCallback = Callable[[int, int], None]
 """on_token(row, token_id): called once per sampled token, rows numbered as in `generate`'s
 output flattened (prompt i's j-th completion is row i·n + j); a stop ends a row's calls."""
+
+
+def draw_tokens(probs: torch.Tensor, generator: Union[torch.Generator, list[torch.Generator]]) -> torch.Tensor:
+    """One token per row of `probs` (B, V), drawn with one generator for the batch, or with one
+    generator per row: rows sharing a generator (a prompt's group, contiguous) are drawn together,
+    so what a group samples does not depend on the other rows of the batch. Returns (B,)."""
+    if isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    token = torch.empty(probs.shape[0], dtype=torch.long)  # (B,)
+    start = 0
+    while start < len(generator):
+        end = start + 1
+        while end < len(generator) and generator[end] is generator[start]:
+            end += 1
+        token[start:end] = torch.multinomial(probs[start:end], 1, generator=generator[start]).squeeze(-1)
+        start = end
+    return token
 
 
 class HFPolicy:
@@ -163,23 +180,32 @@ class HFPolicy:
         """For each prompt, `params.n` sampled completions; `on_token` sees each token as sampled."""
         prompt_ids = [self.encode(p) for p in prompts]
         rows = [ids for ids in prompt_ids for _ in range(params.n)]  # prompt i at rows i*n..i*n+n-1
-        generator = self.generator
-        if params.seed is not None:
+        generator: Union[torch.Generator, list[torch.Generator]] = self.generator
+        if params.prompt_seeds:
+            if len(params.prompt_seeds) != len(prompts):
+                raise ValueError(f"SamplingParams.prompt_seeds has {len(params.prompt_seeds)} seeds for "
+                                 f"{len(prompts)} prompts; give one per prompt")
+            own = [torch.Generator(device="cpu").manual_seed(s) for s in params.prompt_seeds]
+            generator = [g for g in own for _ in range(params.n)]  # row → its prompt's generator
+        elif params.seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(params.seed)
         flat: list[Completion] = []
-        for start in range(0, len(rows), self.max_batch_rows):
+        chunk = max(params.n, self.max_batch_rows // params.n * params.n)  # whole groups per chunk
+        for start in range(0, len(rows), chunk):
             chunk_callback = None
             if on_token is not None:
                 chunk_callback = (lambda offset: lambda row, token: on_token(offset + row, token))(start)
-            flat.extend(self.sample_ids(rows[start : start + self.max_batch_rows], params, generator, chunk_callback))
+            rows_generator = generator[start : start + chunk] if isinstance(generator, list) else generator
+            flat.extend(self.sample_ids(rows[start : start + chunk], params, rows_generator, chunk_callback))
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     @torch.no_grad()
     def sample_ids(
-        self, prompt_ids: list[list[int]], params: SamplingParams, generator: torch.Generator,
-        on_token: Optional[TokenCallback] = None,
+        self, prompt_ids: list[list[int]], params: SamplingParams,
+        generator: Union[torch.Generator, list[torch.Generator]], on_token: Optional[TokenCallback] = None,
     ) -> list[Completion]:
-        """Sample one completion for each row of prompt token ids (left-padded batch)."""
+        """Sample one completion for each row of prompt token ids (left-padded batch), from one
+        generator or one per row (`draw_tokens`)."""
         device = self.device
         pad = self.tokenizer.pad_token_id
         B = len(prompt_ids)
@@ -217,7 +243,7 @@ class HFPolicy:
                 scaled = min_p_filter(top_k_filter(logits / params.temperature, params.top_k), params.min_p)
                 scaled = top_p_filter(scaled, params.top_p)  # (B, V)
                 probs = scaled.softmax(-1).cpu()  # sample on CPU so seeds reproduce across devices
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(device)  # (B,)
+                token = draw_tokens(probs, generator).to(device)  # (B,)
                 log_mu = scaled.log_softmax(-1)  # (B, V) the distribution sampled from
                 sampling_logprobs[:, t] = log_mu.gather(-1, token[:, None]).squeeze(-1).cpu()
             tokens[:, t] = token.cpu()
