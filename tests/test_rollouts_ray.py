@@ -192,9 +192,19 @@ def test_a_killed_worker_is_restarted_and_the_run_goes_on(ray_cluster, tmp_path,
 
 
 @pytest.mark.slow
-def test_asynchronous_run_uses_no_rollout_older_than_the_bound(ray_cluster, tmp_path, tiny_model_dir):
+def test_asynchronous_run_uses_no_rollout_older_than_the_bound(ray_cluster, tmp_path, tiny_model_dir, monkeypatch):
     from sharpen.loop import run
+    from sharpen.rollouts_ray import RayProducer
 
+    produce = RayProducer.produce
+
+    def killing(self, problems, params):
+        batch = produce(self, problems, params)
+        if self.step == 3:  # while a worker samples its shard of step 4 ahead
+            ray_cluster.kill(self.workers[0], no_restart=False)
+        return batch
+
+    monkeypatch.setattr(RayProducer, "produce", killing)
     cfg = write_config(tmp_path, tiny_model_dir, "rollouts: {executor: ray, workers: 2, max_staleness: 1}\n"
                                                  "learner: {tis_cap: 2.0}\n")
     summary = run(cfg, [f"run_dir={tmp_path / 'run'}"], progress=False)

@@ -61,8 +61,7 @@ class RolloutsConfig(ConfigModel):
         if self.executor == "in_process" and self.max_staleness > 0:
             yield ("max_staleness",), ("the in-process producer samples with the weights being trained; sampling "
                                        "ahead needs executor: ray")
-        unknown_sign = [k for k, v in self.resources_per_worker.items() if v < 0]
-        if unknown_sign:
+        if any(v < 0 for v in self.resources_per_worker.values()):
             yield ("resources_per_worker",), f"amounts must be >= 0, got {self.resources_per_worker}"
 
 

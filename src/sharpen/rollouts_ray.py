@@ -293,8 +293,8 @@ class RayProducer:
         again = RolloutRequest(tuple(request.problems[i] for i in stale),
                                replace(seeded, prompt_seeds=tuple(seeded.prompt_seeds[i] for i in stale)
                                        if seeded.prompt_seeds else ()))
-        redone = iter(self.gather(self.submit(again)).rollouts)
-        rollouts = [next(redone) if i in set(stale) else r for i, r in enumerate(batch.rollouts)]
+        redone, dropped = iter(self.gather(self.submit(again)).rollouts), set(stale)
+        rollouts = [next(redone) if i in dropped else r for i, r in enumerate(batch.rollouts)]
         return self.batch(rollouts, batch.generation_seconds, batch.scoring_seconds)
 
     def sample_ahead(self) -> None:
