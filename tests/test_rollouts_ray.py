@@ -237,3 +237,24 @@ def test_an_asynchronous_run_killed_mid_step_resumes_with_no_step_lost_or_double
     steps = [r.step for r in RunStore(run_dir).metrics("reward/mean")]
     assert steps == [1, 2, 3, 4, 5, 6]  # none missing, none twice
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["{kind: rise, turns: 2, filter: best, batch_size: 4, first_turn: skip}",
+                                     "{kind: score, stage1_steps: 1}"])
+def test_multi_turn_learners_sample_their_episodes_on_the_workers(ray_cluster, tmp_path, tiny_model_dir, learner,
+                                                                  monkeypatch):
+    from sharpen.loop import run
+    from sharpen.models.hf import HFPolicy
+
+    extra = f"learner: {learner}\n"
+    (tmp_path / "here").mkdir()
+    run(write_config(tmp_path / "here", tiny_model_dir, extra, steps=2), [f"run_dir={tmp_path / 'here' / 'run'}"],
+        progress=False)
+    calls = []
+    generate = HFPolicy.generate
+    monkeypatch.setattr(HFPolicy, "generate", lambda self, *a, **k: calls.append(1) or generate(self, *a, **k))
+    cfg = write_config(tmp_path, tiny_model_dir, extra + "rollouts: {executor: ray, workers: 2}\n", steps=2)
+    run(cfg, [f"run_dir={tmp_path / 'run'}"], progress=False)
+    assert calls == []  # episodes, candidates and held-out turns were all sampled on the workers
+    assert_same_run(tmp_path / "run", tmp_path / "here" / "run")
