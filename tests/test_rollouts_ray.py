@@ -35,8 +35,8 @@ def ray_cluster():
     mp.delenv("RAY_ADDRESS", raising=False)
     from sharpen.rollouts_ray import MIN_OBJECT_STORE_BYTES, connect
 
-    ray, started = connect(None, MIN_OBJECT_STORE_BYTES, cpus_needed=2)
-    assert started
+    ray, connected = connect(None, MIN_OBJECT_STORE_BYTES, cpus_needed=2)
+    assert connected
     yield ray
     ray.shutdown()
     mp.undo()
@@ -258,3 +258,15 @@ def test_multi_turn_learners_sample_their_episodes_on_the_workers(ray_cluster, t
     run(cfg, [f"run_dir={tmp_path / 'run'}"], progress=False)
     assert calls == []  # episodes, candidates and held-out turns were all sampled on the workers
     assert_same_run(tmp_path / "run", tmp_path / "here" / "run")
+
+
+@pytest.mark.slow
+def test_ray_address_joins_the_running_cluster_instead_of_starting_one(ray_cluster):
+    address = ray_cluster.get_runtime_context().gcs_address
+    script = ("from sharpen.rollouts_ray import connect\n"
+              "ray, connected = connect(None, 10**8, 1)\n"
+              "print(ray.get_runtime_context().gcs_address)\n")
+    env = {**os.environ, "RAY_ADDRESS": address}
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == [address]  # the module's cluster, not a new local one

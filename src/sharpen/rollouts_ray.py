@@ -133,8 +133,9 @@ class RolloutWorker:
 
 
 def connect(address: Optional[str], object_store_bytes: int, cpus_needed: float):
-    """The `ray` module, connected: to `address` (or $RAY_ADDRESS), to the cluster this process
-    is already connected to, or else to a local cluster started here; returns (ray, started)."""
+    """The `ray` module, connected: to the cluster this process is already connected to, else to
+    `address` (or $RAY_ADDRESS), else to a local cluster started here. Returns (ray, connected):
+    whether this call connected, so that closing disconnects (and stops a local cluster)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None and "ray" not in sys.modules:
@@ -208,7 +209,7 @@ class RayProducer:
 
     def __init__(self, cfg: RolloutsConfig, policy, reward: Reward, spec: WorkerSpec) -> None:
         resources = cfg.resources_per_worker
-        self.ray, self.started = connect(cfg.address, max(MIN_OBJECT_STORE_BYTES, STORE_VERSIONS * model_bytes(policy.model)),
+        self.ray, self.connected = connect(cfg.address, max(MIN_OBJECT_STORE_BYTES, STORE_VERSIONS * model_bytes(policy.model)),
                                          cfg.workers * resources.get("CPU", 1.0))
         spec = replace(spec, device="cuda" if resources.get("GPU", 0) > 0 else "cpu")
         actor = self.ray.remote(RolloutWorker).options(**actor_options(resources))
@@ -324,11 +325,11 @@ class RayProducer:
         return ShardedSampler(self)
 
     def close(self) -> None:
-        """Stop the workers; shut down the local cluster if this producer started it."""
+        """Stop the workers; disconnect if this producer connected (a local cluster it started stops)."""
         for worker in self.workers:
             self.ray.kill(worker)
         self.workers, self.ahead, self.weights = [], {}, None
-        if self.started:
+        if self.connected:
             self.ray.shutdown()
 
 
