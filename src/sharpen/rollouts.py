@@ -21,15 +21,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequence
 
 import torch
 from pydantic import Field
 
 from sharpen.config import ConfigModel, Location
-from sharpen.models.base import Completion, Policy, SamplingParams
-from sharpen.seeds import derive_seed
+from sharpen.models.base import Completion, Policy, SamplingParams, with_prompt_seeds
 from sharpen.signals.reward import Reward
 from sharpen.tasks.base import Problem, Prompt
 
@@ -96,15 +95,6 @@ class RolloutBatch:
     @property
     def generated_tokens(self) -> int:
         return sum(c.n_tokens for r in self.rollouts for c in r.completions)
-
-
-def with_prompt_seeds(params: SamplingParams, n_prompts: int) -> SamplingParams:
-    """`params` with one seed per prompt, prompt i's = derive_seed(params.seed, "prompt", i):
-    a group's samples then depend on its seed, not on the prompts it shares a call or a worker
-    with. Unchanged when it already has them, or has no seed."""
-    if params.prompt_seeds or params.seed is None:
-        return params
-    return replace(params, prompt_seeds=tuple(derive_seed(params.seed, "prompt", i) for i in range(n_prompts)))
 
 
 def weight_hash(model) -> str:
