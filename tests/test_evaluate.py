@@ -102,8 +102,10 @@ def test_calls_task_and_policy_as_documented():
     assert [prompts for prompts, _ in policy.calls] == [["A?", "B?"], ["C?"]]
     first, second = policy.calls[0][1], policy.calls[1][1]
     seed = derive_seed(10, "eval", 0)
-    assert first == SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, stop=("\n",), seed=seed)
+    assert first == SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, stop=("\n",), seed=seed,
+                                   prompt_seeds=(derive_seed(seed, "prompt", 0), derive_seed(seed, "prompt", 1)))
     assert second.seed == derive_seed(10, "eval", 1)
+    assert second.prompt_seeds == (derive_seed(second.seed, "prompt", 0),)  # each problem's group, its own seed
     _, policy, _ = run(max_new_tokens=9, temperature=0.5, top_p=0.9, split="train")
     params = policy.calls[0][1]
     assert (params.max_new_tokens, params.temperature, params.top_p) == (9, 0.5, 0.9)

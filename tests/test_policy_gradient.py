@@ -312,7 +312,7 @@ def test_weighting_gets_its_lambda_and_the_reward_range():
     pg = learner(reward, advantage="signed", weighting="w_reinforce", weighting_lambda=0.3)
     captured = {}
 
-    def fake_step(rollouts, advantages, rewards, keep, weighting, weight_args):
+    def fake_step(rollouts, advantages, rewards, keep, weighting, weight_args, prox=None):
         w = weighting(rewards[keep], policy_logprobs=None, behaviour_logprobs=None, **weight_args)
         captured.update(weight_args=weight_args, w=w.tolist(), advantages=advantages[keep].tolist())
         return {"tokens": 0.0}

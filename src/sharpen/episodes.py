@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from sharpen.models.base import Completion, Policy, SamplingParams
+from sharpen.models.base import Completion, Policy, SamplingParams, with_prompt_seeds
 from sharpen.models.formats import retry_messages, template_set_for
 from sharpen.tasks.base import Message, Problem, Prompt, Task, Verdict
 
@@ -138,8 +138,9 @@ def run_episodes(
     Batched by turn: turn t makes one `policy.generate` call with the prompts of every
     episode still live (not yet at `turns` attempts, not ended by `stop_when_correct`).
     `params` defaults to one sample with the task's `max_new_tokens` and stop strings; its
-    `n` must be 1 (an episode is one path). Turn t (0-based) samples with seed `seed + t`;
-    `seed=None` keeps `params.seed`.
+    `n` must be 1 (an episode is one path). Turn t (0-based) samples with seed `seed + t`
+    (`seed=None` keeps `params.seed`), each live episode from its own seed within it
+    (`with_prompt_seeds`).
 
     With `stop_when_correct`, an episode ends after its first right attempt (in any
     feedback mode: the checker is an oracle stopping rule). With `stop_when_unscorable`, an
@@ -167,7 +168,8 @@ def run_episodes(
         if not live:
             break
         call = params if seed is None else replace(params, seed=seed + t)
-        groups = policy.generate([next_prompt(problems[i], histories[i]) for i in live], call)
+        groups = policy.generate([next_prompt(problems[i], histories[i]) for i in live],
+                                 with_prompt_seeds(call, len(live)))
         if len(groups) != len(live) or any(len(g) != 1 for g in groups):
             raise ValueError(
                 f"policy.generate returned {[len(g) for g in groups]} completions for {len(live)} prompts with n=1"

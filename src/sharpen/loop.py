@@ -30,7 +30,7 @@ from sharpen.config import ConfigModel, Location, load_config
 from sharpen.evaluation import EvalResult, TurnEvalResult, evaluate, evaluate_turns
 from sharpen.evaluation.label_free import label_free_metrics
 from sharpen.learners.base import (
-    EpisodeSettings, Learner, LearnerContext, MultiTurnConfig, NonFiniteLossError, Sampling,
+    EpisodeSettings, Learner, LearnerContext, MultiTurnConfig, NonFiniteLossError, Sampling, step_seed,
 )
 from sharpen.learners.policy_gradient.learner import PolicyGradient, PolicyGradientConfig
 from sharpen.learners.preference.learner import PreferenceConfig, PreferenceLearning
@@ -41,7 +41,7 @@ from sharpen.learners.training import prepare_policy
 from sharpen.models import ModelSpecError, check_model_spec, load_policy
 from sharpen.models.formats import TEMPLATE_SETS, PromptsConfig, use_prompts
 from sharpen.models.lora import load_weights, weights_file
-from sharpen.rollouts import InProcessProducer
+from sharpen.rollouts import RolloutRequest, RolloutsConfig, WorkerSpec, make_producer
 from sharpen.runs import RunStore
 from sharpen.runs.trackers import TRACKERS, TrackerUnavailable, open_trackers
 from sharpen.seeds import derive_seed
@@ -185,6 +185,10 @@ class RunConfig(ConfigModel):
         description="The learner; `kind` picks it: " + ", ".join(LEARNERS) + " (default policy_gradient).",
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    rollouts: RolloutsConfig = Field(
+        default_factory=RolloutsConfig, description="Where rollouts and held-out samples come from: in process or on "
+                                                    "Ray workers, synchronous or up to max_staleness steps ahead."
+    )
     checkpoint_every: int = Field(10, ge=1, description="Save a resumable checkpoint every this many steps.")
     log_completions: int = Field(2, ge=0, description="Groups per step whose completions go to the run store.")
     threads: Optional[int] = Field(None, description="torch CPU threads (default: torch's choice).")
@@ -309,10 +313,13 @@ class Trainer:
             group_size=cfg.sampling.group_size, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
             max_new_tokens=self.max_new_tokens, stop=self.task.stop,
         )
+        self.sampling = sampling
+        self.producer = make_producer(cfg.rollouts, self.policy, self.reward, WorkerSpec(
+            cfg.model, cfg.task.name, cfg.task.options, [r.model_dump() for r in cfg.rewards], seed=cfg.seed,
+        ))
         ctx = LearnerContext(
-            policy=self.policy, task=self.task, reward=self.reward,
-            producer=InProcessProducer(self.policy, self.reward), sampling=sampling, total_steps=cfg.steps,
-            seed=cfg.seed, log_completions=cfg.log_completions,
+            policy=self.policy, task=self.task, reward=self.reward, producer=self.producer, sampling=sampling,
+            total_steps=cfg.steps, seed=cfg.seed, log_completions=cfg.log_completions,
         )
         self.learner: Learner = LEARNERS[cfg.learner.kind][1](ctx, cfg.learner)
         self.eval_episodes = eval_episodes(cfg)
@@ -372,6 +379,7 @@ class Trainer:
         except (OSError, pickle.UnpicklingError, RuntimeError, ValueError) as err:
             raise RunStopped(f"cannot resume {self.run_dir}: the checkpoint of step {last.step} at {folder} "
                              f"could not be read ({err}). Nothing was changed") from err
+        self.producer.publish(last.step)
         self.learner.load_state_dict(state)
         self.store.truncate_after(last.step)
         self.remove_checkpoints_after(last.step)
@@ -391,9 +399,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """The held-out evaluation as run-store metrics: pass@k, maj@k, and the turn metrics
         when the run's held-out episodes have more than one turn."""
-        e, episodes = self.cfg.eval, self.eval_episodes
+        e, episodes, sampler = self.cfg.eval, self.eval_episodes, self.producer.sampler()
         result = evaluate(
-            self.policy, self.task, n_problems=e.problems, samples=e.samples, ks=e.ks,
+            sampler, self.task, n_problems=e.problems, samples=e.samples, ks=e.ks,
             temperature=e.temperature, seed=self.cfg.seed, progress=False,
         )
         metrics = eval_metrics(result)
@@ -401,18 +409,40 @@ class Trainer:
             metrics.update(label_free_metrics(result, self.cfg.seed))
         if episodes.turns > 1:
             metrics.update(turn_eval_metrics(evaluate_turns(
-                self.policy, self.task, turns=episodes.turns, n_problems=e.problems, episodes_per_problem=e.samples,
+                sampler, self.task, turns=episodes.turns, n_problems=e.problems, episodes_per_problem=e.samples,
                 feedback=episodes.feedback, neutral=episodes.neutral, stop_when_correct=episodes.stop_when_correct,
                 temperature=e.temperature, seed=self.cfg.seed,
             )))
         return metrics
 
-    def train_step(self, step: int):
-        """One learner step on the step's problems; returns its StepOutput."""
+    def step_request(self, step: int) -> Optional[RolloutRequest]:
+        """What a learner following the usual recipe asks the producer for at `step` (its
+        problems, sampled with the step's seed): the schedule an asynchronous producer samples
+        ahead (None past the last step)."""
+        if step > self.cfg.steps:
+            return None
         problems = problem_batch(self.pool, self.cfg.seed, step, self.cfg.problems_per_step)
-        return self.learner.step(step, problems)
+        return RolloutRequest(tuple(problems), self.sampling.params(step_seed(self.cfg.seed, step)))
+
+    def train_step(self, step: int):
+        """One learner step on the step's problems, then its weights to the producer; returns its
+        StepOutput with the producer's off-policy metrics."""
+        problems = problem_batch(self.pool, self.cfg.seed, step, self.cfg.problems_per_step)
+        self.producer.begin_step(step, self.step_request)
+        out = self.learner.step(step, problems)
+        self.producer.publish(step)
+        out.metrics.update(self.producer.step_metrics())
+        return out
 
     def run(self, resume: bool = False) -> dict:
+        """Run (or resume) to the last step; returns the summary. The producer's workers stop at
+        the end, whatever ends the run."""
+        try:
+            return self.run_steps(resume)
+        finally:
+            self.producer.close()
+
+    def run_steps(self, resume: bool) -> dict:
         cfg, store = self.cfg, self.store
         start = time.perf_counter()
         first = self.restore() if resume else 1

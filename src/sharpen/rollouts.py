@@ -1,19 +1,67 @@
 """Where rollouts come from: a problem's group of completions, scored.
 
-The loop asks a producer for scored groups and hands it nothing but data. Today's producer
-samples in-process with the policy being trained (so new weights are seen at once); a
-producer backed by worker processes or an OpenAI-compatible server fits the same two calls.
+The loop asks a producer for scored groups, hands it nothing but data, and tells it when the
+policy's weights change (`publish`, once per step, with a version: the updates so far). A
+producer is built from the run config's `rollouts` section (`make_producer`):
+
+    in_process   samples with the policy being trained, in the training process (the default)
+    ray          samples on Ray actors, each holding a copy of the policy (`rollouts_ray`);
+                 with `max_staleness` K ≥ 1 they sample the next K steps' problems while the
+                 learner trains, and rollouts more than K versions old are dropped
+
+Every rollout carries the weight version that sampled it and its behaviour log-probs
+(`Completion.sampling_logprobs`), so learners' importance ratios π/μ are right off-policy.
+Sampling seeds are per prompt (`with_prompt_seeds`), so sharding a step's problems over
+workers samples what one process would. Held-out evaluations and multi-turn episodes sample
+through `producer.sampler()`, a `Policy` with the producer's weights and the same seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequence
 
-from sharpen.models.base import Completion, SamplingParams
+import torch
+from pydantic import Field
+
+from sharpen.config import ConfigModel, Location
+from sharpen.models.base import Completion, Policy, SamplingParams, with_prompt_seeds
 from sharpen.signals.reward import Reward
-from sharpen.tasks.base import Problem
+from sharpen.tasks.base import Problem, Prompt
+
+
+class RolloutsConfig(ConfigModel):
+    """Where a run's rollouts and held-out evaluations are sampled (the `rollouts:` section)."""
+
+    executor: Literal["in_process", "ray"] = Field(
+        "in_process", description="in_process (the training process samples) or ray (Ray actors sample; "
+                                  "needs the `ray` extra)."
+    )
+    workers: int = Field(2, ge=1, description="ray: rollout workers (actors), each with a copy of the policy.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0},
+        description="ray: resources each worker reserves: CPU, GPU (one each puts it on a GPU) or a custom resource.",
+    )
+    max_staleness: int = Field(
+        0, ge=0, description="K: 0 samples each step with its own weights (synchronous); K ≥ 1 samples up to K steps "
+                             "ahead while the learner trains, and drops rollouts more than K versions old.",
+    )
+    address: Optional[str] = Field(
+        None, description="ray: address of a cluster to join (default: $RAY_ADDRESS, else a local cluster is started)."
+    )
+
+    def config_problems(self) -> Iterator[tuple[Location, str]]:
+        yield from super().config_problems()
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            yield ("executor",), "Ray is not installed; install the extra: pip install 'sharpen[ray]'"
+        if self.executor == "in_process" and self.max_staleness > 0:
+            yield ("max_staleness",), ("the in-process producer samples with the weights being trained; sampling "
+                                       "ahead needs executor: ray")
+        if any(v < 0 for v in self.resources_per_worker.values()):
+            yield ("resources_per_worker",), f"amounts must be >= 0, got {self.resources_per_worker}"
 
 
 @dataclass
@@ -30,6 +78,9 @@ class Rollout:
     unscorable: tuple[int, ...] = ()
     """Indices of the completions a weighted component could not score (`RewardResult.scorable`):
     their `rewards` entry is not a reward, and learners leave them out."""
+    weight_version: int = 0
+    """The version of the weights that sampled it: the learner's updates before them (the
+    base model is 0). A rollout used when the learner is at version v is v − weight_version stale."""
 
 
 @dataclass
@@ -46,20 +97,77 @@ class RolloutBatch:
         return sum(c.n_tokens for r in self.rollouts for c in r.completions)
 
 
+def weight_hash(model) -> str:
+    """SHA-256 of a model's weights (every state_dict tensor, by name): equal hashes, equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """What a step asks the producer for; a step's request is a function of (seed, step)."""
+
+    problems: tuple[Problem, ...]
+    params: SamplingParams
+
+    def key(self) -> tuple:
+        return tuple(p.id for p in self.problems), self.params
+
+
+Schedule = Callable[[int], Optional[RolloutRequest]]
+"""step → the request the learner will make at that step (None past the last step): what an
+asynchronous producer samples ahead."""
+
+
 class RolloutProducer(Protocol):
-    def produce(self, problems: Sequence[Problem], params: SamplingParams) -> RolloutBatch: ...
+    def produce(self, problems: Sequence[Problem], params: SamplingParams) -> RolloutBatch:
+        """Scored groups of `params.n` completions, one rollout per problem, in order."""
+        ...
+
+    def sampler(self) -> Policy:
+        """A policy that samples with the producer's weights and per-prompt seeds (held-out
+        evaluation, multi-turn episodes)."""
+        ...
+
+    def publish(self, version: int) -> None:
+        """The training policy's weights changed: they are now `version` (updates so far)."""
+        ...
+
+    def begin_step(self, step: int, schedule: Optional[Schedule] = None) -> None:
+        """The loop starts `step`; `schedule` says what later steps will ask for."""
+        ...
+
+    def step_metrics(self) -> dict[str, float]:
+        """Off-policy metrics since the last call (staleness, dropped rollouts, idle workers)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PromptSeeded:
+    """A policy whose seeded calls sample with per-prompt seeds (`with_prompt_seeds`)."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        return self.policy.generate(list(prompts), with_prompt_seeds(params, len(prompts)))
 
 
 class InProcessProducer:
-    """Samples with the training policy itself and scores with the reward."""
+    """Samples with the training policy itself and scores with the reward: always on-policy."""
 
     def __init__(self, policy, reward: Reward) -> None:
         self.policy = policy
         self.reward = reward
+        self.version = 0
 
     def produce(self, problems: Sequence[Problem], params: SamplingParams) -> RolloutBatch:
         start = time.perf_counter()
-        groups = self.policy.generate([p.prompt for p in problems], params)
+        groups = self.policy.generate([p.prompt for p in problems], with_prompt_seeds(params, len(problems)))
         generated = time.perf_counter()
         result = self.reward(list(problems), groups)
         scored = time.perf_counter()
@@ -71,7 +179,55 @@ class InProcessProducer:
                 rewards=list(result.total[i]),
                 components={name: list(values[i]) for name, values in result.components.items()},
                 unscorable=tuple(j for j, ok in enumerate(result.scorable[i]) if not ok),
+                weight_version=self.version,
             )
             for i, (p, g) in enumerate(zip(problems, groups))
         ]
         return RolloutBatch(rollouts, result.summary(), generated - start, scored - generated)
+
+    def sampler(self) -> Policy:
+        return PromptSeeded(self.policy)
+
+    def publish(self, version: int) -> None:
+        self.version = version  # the weights are the policy's own: nothing to send
+
+    def begin_step(self, step: int, schedule: Optional[Schedule] = None) -> None:
+        pass
+
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How a rollout worker builds its own copy of a run's policy, task and reward."""
+
+    model: str
+    """The run's model spec (`load_policy`)."""
+    task: str
+    task_options: dict[str, Any]
+    rewards: list[dict[str, Any]]
+    """The run's reward components, as in its config (`Reward.from_specs`)."""
+    seed: int = 0
+    device: Optional[str] = None
+
+
+def _ray_producer(cfg: RolloutsConfig, policy, reward: Reward, spec: WorkerSpec) -> RolloutProducer:
+    from sharpen.rollouts_ray import RayProducer  # Ray is an optional extra: imported only when named
+
+    return RayProducer(cfg, policy, reward, spec)
+
+
+PRODUCERS: dict[str, Callable[[RolloutsConfig, Any, Reward, WorkerSpec], RolloutProducer]] = {
+    "in_process": lambda cfg, policy, reward, spec: InProcessProducer(policy, reward),
+    "ray": _ray_producer,
+}
+"""executor name → the producer built from (rollouts section, training policy, reward, worker spec)."""
+
+
+def make_producer(cfg: RolloutsConfig, policy, reward: Reward, spec: WorkerSpec) -> RolloutProducer:
+    """The producer a run's `rollouts` section names."""
+    return PRODUCERS[cfg.executor](cfg, policy, reward, spec)

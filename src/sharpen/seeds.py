@@ -30,7 +30,7 @@ def derive_seed(seed: int, purpose: str, *index: int) -> int:
     Deterministic; different (seed, purpose, index) give unrelated seeds (equal only by a
     2**-62 chance). Purposes in use: "train" (sampling at a loop step), "train_problems" (the
     problems of a loop step), "eval" (a held-out evaluation batch), "eval_turns" (held-out
-    multi-turn episodes).
+    multi-turn episodes), "prompt" (one prompt's group in a seeded call: `rollouts.with_prompt_seeds`).
     """
     text = "/".join([purpose, str(int(seed)), *(str(int(i)) for i in index)])
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()

@@ -15,7 +15,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sharpen.evaluation.metrics import bootstrap_ci, maj_at_k, mean, pass_at_k
-from sharpen.models.base import Completion, Policy, SamplingParams
+from sharpen.models.base import Completion, Policy, SamplingParams, with_prompt_seeds
 from sharpen.seeds import derive_seed
 from sharpen.tasks.base import Problem, Prompt, Task
 
@@ -157,7 +157,8 @@ def evaluate(
     Problems come from `task.problems(split, n_problems, seed)` and are sent to the policy
     `batch_size` problems per `generate` call, with the task's `max_new_tokens` (unless
     given) and stop strings; batch b is sampled with seed `derive_seed(seed, "eval", b)`
-    (a stream of its own, never a training step's: `sharpen.seeds`). Reported: accuracy,
+    (a stream of its own, never a training step's: `sharpen.seeds`), each problem's group from
+    its own seed within it (`with_prompt_seeds`: the same samples however the batch is sharded). Reported: accuracy,
     pass@k for every k in `ks` with k <= samples (larger k are skipped), maj@k for those
     k > 1, each a mean over problems with a bootstrap CI over problems, plus tokens per
     problem and the number of unscorable completions.
@@ -182,7 +183,7 @@ def evaluate(
                 stop=task.stop,
                 seed=derive_seed(seed, "eval", b),
             )
-            groups = policy.generate([p.prompt for p in batch], params)
+            groups = policy.generate([p.prompt for p in batch], with_prompt_seeds(params, len(batch)))
             _check_shape(groups, len(batch), samples)
             records.extend(score_group(p, g, task, reported_ks) for p, g in zip(batch, groups))
             bar.advance(bar_id, len(batch))

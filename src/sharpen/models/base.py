@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 if TYPE_CHECKING:
     import torch
 
+from sharpen.seeds import derive_seed
 from sharpen.tasks.base import Prompt
 
 
@@ -35,6 +36,10 @@ class SamplingParams:
     """Token ids that end a completion like end-of-sequence (kept in token_ids and text)."""
     top_logprobs: int = 0
     """Also return, at each generated position, this many most likely tokens with their logprobs."""
+    prompt_seeds: tuple[int, ...] = ()
+    """One seed per prompt: prompt i's group is drawn from its own generator seeded with
+    prompt_seeds[i], so it does not depend on which prompts share the call (rollouts sharded
+    over workers sample what one process would). Empty: `seed` seeds the whole call."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -51,6 +56,15 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.min_p must be in [0, 1], got {self.min_p}")
         if self.top_logprobs < 0:
             raise ValueError(f"SamplingParams.top_logprobs must be >= 0, got {self.top_logprobs}")
+
+
+def with_prompt_seeds(params: SamplingParams, n_prompts: int) -> SamplingParams:
+    """`params` with one seed per prompt, prompt i's = derive_seed(params.seed, "prompt", i):
+    a group's samples then depend on its seed, not on the prompts it shares a call or a worker
+    with. Unchanged when it already has them, or has no seed."""
+    if params.prompt_seeds or params.seed is None:
+        return params
+    return replace(params, prompt_seeds=tuple(derive_seed(params.seed, "prompt", i) for i in range(n_prompts)))
 
 
 @dataclass(frozen=True)

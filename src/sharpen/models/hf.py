@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -134,20 +134,28 @@ class HFPolicy:
         prompt_ids = [self.encode(p) for p in prompts]
         sampling.check_context_length(prompt_ids, params.max_new_tokens, self.context_length)
         rows = [ids for ids in prompt_ids for _ in range(params.n)]  # prompt i at rows i*n..i*n+n-1
-        generator = self.generator
-        if params.seed is not None:
+        generator: Union[torch.Generator, list[torch.Generator]] = self.generator
+        if params.prompt_seeds:
+            if len(params.prompt_seeds) != len(prompts):
+                raise ValueError(f"SamplingParams.prompt_seeds has {len(params.prompt_seeds)} seeds for "
+                                 f"{len(prompts)} prompts; give one per prompt")
+            own = [torch.Generator(device=self.device).manual_seed(s) for s in params.prompt_seeds]
+            generator = [g for g in own for _ in range(params.n)]  # row → its prompt's generator
+        elif params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
         flat: list[Completion] = []
-        for start in range(0, len(rows), self.max_batch_rows):
+        chunk = max(params.n, self.max_batch_rows // params.n * params.n)  # whole groups per chunk
+        for start in range(0, len(rows), chunk):
             chunk_callback = None
             if on_token is not None:
                 chunk_callback = (lambda offset: lambda row, token: on_token(offset + row, token))(start)
-            flat.extend(self.sample_ids(rows[start : start + self.max_batch_rows], params, generator, chunk_callback))
+            rows_generator = generator[start : start + chunk] if isinstance(generator, list) else generator
+            flat.extend(self.sample_ids(rows[start : start + chunk], params, rows_generator, chunk_callback))
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     def sample_ids(
-        self, prompt_ids: list[list[int]], params: SamplingParams, generator: torch.Generator,
-        on_token: Optional[TokenCallback] = None,
+        self, prompt_ids: list[list[int]], params: SamplingParams,
+        generator: Union[torch.Generator, list[torch.Generator]], on_token: Optional[TokenCallback] = None,
     ) -> list[Completion]:
         """Sample one completion for each row of prompt token ids (`sampling.sample_ids`)."""
         return sampling.sample_ids(self, prompt_ids, params, generator, on_token)

@@ -31,7 +31,7 @@ the end.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -195,18 +195,36 @@ def check_context_length(prompt_ids: Sequence[Sequence[int]], max_new_tokens: in
 # ---- the loop ------------------------------------------------------------------------------------
 
 
+def draw_uniforms(generator: Union[torch.Generator, list[torch.Generator]], B: int, T: int,
+                  device: torch.device) -> torch.Tensor:
+    """(B, T) uniforms: from one generator for the batch, or from one generator per row, rows that
+    share a generator (a prompt's group, contiguous) drawn together, so what a group samples does
+    not depend on the other rows of the call (`SamplingParams.prompt_seeds`)."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand((B, T), generator=generator, device=device)
+    parts, start = [], 0
+    while start < B:
+        end = start + 1
+        while end < B and generator[end] is generator[start]:
+            end += 1
+        parts.append(torch.rand((end - start, T), generator=generator[start], device=device))
+        start = end
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def sample_ids(
     policy: "HFPolicy",
     prompt_ids: Sequence[Sequence[int]],
     params: SamplingParams,
-    generator: torch.Generator,
+    generator: Union[torch.Generator, list[torch.Generator]],
     on_token: Optional[TokenCallback] = None,
     *,
     compact_at: float = COMPACT_AT,
 ) -> list[Completion]:
     """Sample one completion for each row of prompt token ids (a left-padded batch), drawing
-    from `generator` (on the model's device); see the module docstring."""
+    from `generator` (on the model's device), or from one generator per row (`draw_uniforms`);
+    see the module docstring."""
     model, device, pad = policy.model, policy.device, policy.tokenizer.pad_token_id
     B, T, k = len(prompt_ids), params.max_new_tokens, params.top_logprobs
     L = max(len(ids) for ids in prompt_ids)
@@ -227,7 +245,7 @@ def sample_ids(
     next_pos = positions[:, -1] + 1  # (B,)
 
     greedy = params.temperature == 0
-    uniforms = None if greedy else torch.rand((B, T), generator=generator, device=device)  # one per row and step
+    uniforms = None if greedy else draw_uniforms(generator, B, T, device)  # (B, T) one per row and step
     tokens = torch.zeros((B, T), dtype=torch.long, device=device)
     logprobs = torch.zeros((B, T), device=device)  # log π(token), temperature 1
     sampling_logprobs = torch.zeros((B, T), device=device)  # log μ(token), what was sampled from; 0 if greedy

@@ -7,6 +7,8 @@ One `update` per batch of rollouts (METHODS.md §1):
         ℓ = log π_T(y_t | x, y_<t)   at the sampling temperature T            (B, T)
         ℓ_μ = log μ(y_t | x, y_<t)   recorded at sampling (temperature, top-p) (B, T)
         loss = clipped_surrogate(ℓ, ℓ_μ, A, mask, …) [+ β·k3 KL to π_ref]
+               with tis_cap C: clipped_surrogate(ℓ, ℓ_prox, A, mask, is_weights=min(π_prox/μ, C)),
+               ℓ_prox = log π at the update's start (one extra scoring pass, no gradient)
         backward (micro-batch by micro-batch, the minibatch's denominators) → clip grad norm → AdamW step
 Unscorable completions (a weighted reward component gave None) are left out of the
 advantages and the loss, never trained as wrong (DESIGN.md rule 3); `unscorable` counts them.
@@ -29,7 +31,9 @@ from sharpen.learners.base import (
     LearnerContext, ReferenceModel, StepOutput, accepted_options, accumulated_step, adamw, batch_metrics,
     batch_records, behaviour_logprobs, reference_logprobs, step_seed,
 )
-from sharpen.learners.policy_gradient.losses import clipped_surrogate, get_loss_aggregation
+from sharpen.learners.policy_gradient.losses import (
+    clipped_surrogate, get_loss_aggregation, truncated_importance_weights,
+)
 from sharpen.learners.training import TrainingConfig
 from sharpen.rollouts import Rollout
 from sharpen.signals.base import ScoreRange
@@ -70,6 +74,11 @@ class PolicyGradientConfig(TrainingConfig):
         "token_mean", description="Token-loss aggregation: token_mean (DAPO), seq_mean (GRPO), constant (Dr. GRPO)."
     )
     kl_coef: float = Field(0.0, ge=0, description="β of the k3 KL penalty to the frozen initial model (0 = none).")
+    tis_cap: Optional[float] = Field(
+        None, gt=0, description="C of truncated importance sampling (TIS, METHODS §9; e.g. 2): clip the ratio to the "
+                                "policy at the update's start and weight each token by min(π/μ, C) to the behaviour "
+                                "policy μ (off-policy rollouts: rollouts.max_staleness ≥ 1). None: the ratio is π/μ.",
+    )
     grad_clip: float = Field(1.0, gt=0, description="Maximum global gradient norm.")
 
     @field_validator("advantage")
@@ -216,12 +225,13 @@ class PolicyGradient:
         chunks = [c for c in chunks if c and bool(keep[c].any())]
         sums: dict[str, float] = {}
         tokens = 0
+        prox = [self.proximal_logprobs([rollouts[i] for i in c], keep[c]) for c in chunks] if self.cfg.tis_cap else None
         self.policy.model.train()
         for _ in range(self.cfg.epochs):
-            for chunk in chunks:
+            for k, chunk in enumerate(chunks):
                 diag = self.minibatch_step(
                     [rollouts[i] for i in chunk], advantages[chunk], rewards[chunk], keep[chunk], weighting,
-                    weight_args,
+                    weight_args, None if prox is None else prox[k],
                 )
                 tokens += int(diag.pop("tokens"))
                 for k, v in diag.items():
@@ -236,39 +246,53 @@ class PolicyGradient:
                    train_tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
         return out
 
-    def minibatch_step(self, rollouts, advantages, rewards, keep, weighting, weight_args) -> dict[str, float]:
-        """One optimizer step on the kept completions of some groups: advantages, rewards, keep
-        (p, G); the importance ratios are to the behaviour policy μ the tokens were drawn from.
-        The completions are scored in micro-batches (`policy.micro_batches`), each loss with the
-        minibatch's denominators (`batch_mask`), so the step is the one of a single pass."""
+    @staticmethod
+    def kept(rollouts, keep) -> tuple[list, list, list]:
+        """The kept completions of some groups (keep (p, G)), their prompt ids and token ids."""
         where = keep.nonzero().tolist()  # (B, 2) the kept completions' (group, index)
         completions = [rollouts[i].completions[j] for i, j in where]
-        prompt_ids = [rollouts[i].prompt_ids for i, _ in where]
-        completion_ids = [c.token_ids for c in completions]
+        return completions, [rollouts[i].prompt_ids for i, _ in where], [c.token_ids for c in completions]
+
+    @torch.no_grad()
+    def proximal_logprobs(self, rollouts, keep) -> torch.Tensor:
+        """log π_prox of the kept completions of some groups under the weights before the update, (B, T)."""
+        _, prompt_ids, completion_ids = self.kept(rollouts, keep)
+        return self.policy.score_tokens(prompt_ids, completion_ids, temperature=self.temperature).logprobs
+
+    def minibatch_step(self, rollouts, advantages, rewards, keep, weighting, weight_args,
+                       prox: Optional[torch.Tensor] = None) -> dict[str, float]:
+        """One optimizer step on the kept completions of some groups: advantages, rewards, keep
+        (p, G); the importance ratios are to the behaviour policy μ the tokens were drawn from
+        (with `prox`, log π_prox (B, T): clipped to π_prox and weighted by TIS to μ).
+        The completions are scored in micro-batches (`policy.micro_batches`), each loss with the
+        minibatch's denominators (`batch_mask`), so the step is the one of a single pass."""
+        completions, prompt_ids, completion_ids = self.kept(rollouts, keep)
         adv, r = advantages[keep], rewards[keep]  # (B,) each
         T = max((len(c) for c in completion_ids), default=0)
-        batch_mask = torch.zeros((len(where), T))  # (B, T) the minibatch's tokens: the loss's denominators
+        batch_mask = torch.zeros((len(completions), T))  # (B, T) the minibatch's tokens: the loss's denominators
         for row, c in enumerate(completion_ids):
             batch_mask[row, : len(c)] = 1
 
         def micro_losses():
             for rows in self.policy.micro_batches(prompt_ids, completion_ids):
                 yield self.micro_batch_loss([prompt_ids[i] for i in rows], [completions[i] for i in rows],
-                                            adv[rows], r[rows], batch_mask, weighting, weight_args)
+                                            adv[rows], r[rows], batch_mask, weighting, weight_args,
+                                            None if prox is None else prox[rows])
 
         factor = lr_factor(self.updates, self.total_updates, self.cfg.warmup_steps, self.cfg.schedule)
         grad_norm, diag = accumulated_step(self.policy.model, self.optimizer, micro_losses(), self.cfg.grad_clip,
                                            self.cfg.lr * factor)
         self.updates += 1
-        rows = float(len(where))
+        rows = float(len(completions))
         return {**diag, "entropy": diag["entropy"] / max(diag["tokens"], 1.0), "grad_norm": grad_norm,
                 "lr": self.cfg.lr * factor, "sample_weight_mean": diag["sample_weight_mean"] / rows}
 
     def micro_batch_loss(self, prompt_ids, completions, advantages, rewards, batch_mask, weighting,
-                         weight_args) -> tuple[torch.Tensor, dict[str, float]]:
+                         weight_args, prox: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The clipped surrogate (+ β·KL) of some rows of a minibatch, its share of the
         minibatch's loss; diagnostics are shares too, and `entropy` and `sample_weight_mean`
-        the sums over the rows' tokens and rows (divided by the minibatch's in `minibatch_step`)."""
+        the sums over the rows' tokens and rows (divided by the minibatch's in `minibatch_step`).
+        `prox`: these rows' log π_prox (b, T') when TIS is on."""
         completion_ids = [c.token_ids for c in completions]
         scores = self.policy.score_tokens(prompt_ids, completion_ids, temperature=self.temperature, extras=True)
         logp, mask = scores.logprobs, scores.mask  # (b, T)  log π_T
@@ -276,6 +300,11 @@ class PolicyGradient:
         old = behaviour_logprobs(completions, T).to(logp.device)  # (b, T)  log μ
         seq_now = (logp.detach() * mask).sum(-1)  # (b,) log π(y)
         seq_old = (old * mask).sum(-1)  # (b,) log μ(y)
+        is_weights = None
+        if prox is not None:
+            prox = prox[:, :T].to(logp.device)  # (b, T)
+            is_weights = truncated_importance_weights(prox, old, mask, self.cfg.tis_cap)  # (b, T)
+            old = prox
         w = weighting(rewards, policy_logprobs=seq_now, behaviour_logprobs=seq_old, **weight_args)  # (b,)
         adv = advantages * w.to(advantages.dtype)  # (b,)
         ref = None
@@ -284,7 +313,7 @@ class PolicyGradient:
         loss, diag = clipped_surrogate(
             logp, old, adv, mask, eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
             aggregation=self.cfg.aggregation, max_len=max(self.max_new_tokens, batch_mask.shape[1]),
-            ref_logprobs=ref, kl_coef=self.cfg.kl_coef, batch_mask=batch_mask.to(logp.device),
+            ref_logprobs=ref, kl_coef=self.cfg.kl_coef, batch_mask=batch_mask.to(logp.device), is_weights=is_weights,
         )
         return loss, {**diag, "entropy": (scores.entropy * mask).sum().item(),
                       "sample_weight_mean": w.sum().item(), "tokens": mask.sum().item()}

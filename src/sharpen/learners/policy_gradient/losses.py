@@ -111,6 +111,22 @@ def k3(log_ratio: Tensor) -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1  # like log_ratio
 
 
+def truncated_importance_weights(prox_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor,
+                                 cap: float) -> Tensor:
+    """TIS: per-token weights w_t = min(π_prox(y_t) / μ(y_t), C), detached; 0 on padding. (B, T)
+
+    π_prox is the policy at the start of the update, μ the behaviour policy that sampled the
+    tokens (older weights on an asynchronous worker, or the same weights rounded differently by
+    the sampler). The PPO term is then clipped against π_prox and weighted by w (decoupled PPO,
+    Hilton et al. 2021, "Batch size-invariance for policy optimization"; truncation: Yao et al.
+    2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"; METHODS.md §9).
+    """
+    if cap <= 0:
+        raise ValueError(f"truncated importance weights need cap C > 0, got {cap}")
+    log_ratio = torch.where(mask > 0, prox_logprobs.detach() - behaviour_logprobs.detach(), 0.0)  # (B, T)
+    return log_ratio.exp().clamp(max=cap) * (mask > 0)  # (B, T)
+
+
 def _check_token_shapes(logprobs: Tensor, mask: Tensor, **others: Optional[Tensor]) -> None:
     """Raise a ValueError unless logprobs and mask are (B, T) and every other tensor matches."""
     if logprobs.dim() != 2:
@@ -137,13 +153,15 @@ def clipped_surrogate(
     ref_logprobs: Optional[Tensor] = None,
     kl_coef: float = 0.0,
     batch_mask: Optional[Tensor] = None,
+    is_weights: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate with asymmetric clip range and optional k3 KL to a reference.
 
     Per token, with ρ_t = π(y_t)/π_old(y_t) = exp(ℓ_t − ℓ_old,t):
         pg_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)
         kl_t = exp(ℓ_ref,t − ℓ_t) − (ℓ_ref,t − ℓ_t) − 1        (k3, only if ref_logprobs given)
-        loss = agg(pg) + β_KL · agg(kl)
+        loss = agg(w ⊙ pg) + β_KL · agg(kl)      w = is_weights (detached; 1 if not given, e.g.
+                                                 `truncated_importance_weights`, with π_old = π_prox)
     Schulman et al. (2017) "Proximal Policy Optimization Algorithms"; ε_high = 0.28 is DAPO's
     "clip-higher"; KL to π_ref as in GRPO (DeepSeekMath). `aggregation` names an entry of
     `LOSS_AGGREGATIONS` (`constant` needs `max_len`).
@@ -166,9 +184,10 @@ def clipped_surrogate(
       (J. Schulman, "Approximating KL Divergence"; cleanrl's approx_kl).
     - ratio_mean: mean of ρ.
     - kl_ref (only with ref_logprobs): agg(kl), the value multiplied by kl_coef.
+    - tis_weight_mean (only with is_weights): token mean of w.
     - loss: the returned loss.
     """
-    _check_token_shapes(logprobs, mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
+    _check_token_shapes(logprobs, mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, is_weights=is_weights)
     aggregate = get_loss_aggregation(aggregation)
     if not (0.0 <= eps_low < 1.0 and eps_high >= 0.0):
         raise ValueError(
@@ -192,6 +211,8 @@ def clipped_surrogate(
     pg_loss1 = -adv * ratio  # (B, T)
     pg_loss2 = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # (B, T)
     pg_tok = torch.maximum(pg_loss1, pg_loss2)  # (B, T)  = −min(ρA, clip(ρ)A)
+    if is_weights is not None:
+        pg_tok = pg_tok * is_weights.detach()  # (B, T)
     batch_m = m if batch_mask is None else batch_mask.to(logprobs.dtype)  # (B', T')
     pg_loss = aggregate(pg_tok, m, max_len, batch_m)  # ()
     loss = pg_loss
@@ -218,5 +239,7 @@ def clipped_surrogate(
         }
         if kl_ref is not None:
             diagnostics["kl_ref"] = kl_ref.item()
+        if is_weights is not None:
+            diagnostics["tis_weight_mean"] = (is_weights * m).sum().div(n_tok).item()
     return loss, diagnostics
 

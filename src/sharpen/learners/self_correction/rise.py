@@ -5,7 +5,8 @@ to Self-Improve". One loop step is one iteration (METHODS.md §5):
 
     rollouts   one episode of up to T attempts per problem from the current model
                (`episodes.run_episodes`: after each attempt but the last the model is told
-               the feedback, "wrong" with binary feedback, and answers again)
+               the feedback, "wrong" with binary feedback, and answers again), sampled
+               through the rollout producer (`producer.sampler()`: in process or on workers)
     states     s_t = the history before attempt t (the problem, attempts 1..t−1 and what the
                model was told after each), for every attempt t ≥ 2 of every rollout
                (t ≥ 1 with first_turn "improved"); a_t is the rollout's own attempt at s_t
@@ -184,7 +185,7 @@ class Rise:
         seed = step_seed(ctx.seed, step)
         params = ctx.sampling.params(seed, n=1)
         episodes = run_episodes(
-            self.policy, ctx.task, problems, turns=cfg.turns, feedback=cfg.feedback, params=params,
+            ctx.producer.sampler(), ctx.task, problems, turns=cfg.turns, feedback=cfg.feedback, params=params,
             stop_when_correct=cfg.stop_when_correct, seed=seed, neutral=cfg.neutral,
         )
         scored = ctx.reward([e.problem for e in episodes for _ in e.turns],
@@ -198,7 +199,7 @@ class Rise:
         # a state whose own attempt is unscorable has no reward to improve on: left out
         states = [(i, t) for i, e in enumerate(episodes) for t in range(first, len(e.turns)) if attempt_scorable[i][t]]
         prompts = [next_prompt(episodes[i].problem, episodes[i].turns[:t]) for i, t in states]
-        sampler = self.teacher or self.policy
+        sampler = self.teacher or ctx.producer.sampler()
         groups = sampler.generate(prompts, ctx.sampling.params(seed + CANDIDATE_SEED_OFFSET)) if states else []
         judged = ctx.reward([episodes[i].problem for i, _ in states], groups) if states else None
         candidate_rewards = judged.total if states else []

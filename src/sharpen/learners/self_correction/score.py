@@ -5,7 +5,8 @@ Each loop step (METHODS.md §5):
 
     episodes   G = `sampling.group_size` two-attempt episodes per problem from the current
                model: y1 ~ π(·|x), then the feedback f (by default none: the neutral re-ask, no
-               correctness signal) and y2 ~ π(·|x, y1, f)              (`episodes.run_episodes`)
+               correctness signal) and y2 ~ π(·|x, y1, f)              (`episodes.run_episodes`,
+               sampled through the rollout producer: `producer.sampler()`)
     rewards    r1 = R(y1), r2 = R(y2) by the run's reward                            (P, G) each
     stage I    (steps 1..stage1_steps) train attempt 2, keep attempt 1 at the base model:
                  A2 = estimator(r2) over each problem's G episodes
@@ -135,7 +136,7 @@ class Score:
         seed = step_seed(ctx.seed, step)
         rows = [p for p in problems for _ in range(G)]  # problem i's G episodes at rows i*G..i*G+G-1
         episodes = run_episodes(
-            self.policy, ctx.task, rows, turns=2, feedback=cfg.feedback, params=ctx.sampling.params(seed, n=1),
+            ctx.producer.sampler(), ctx.task, rows, turns=2, feedback=cfg.feedback, params=ctx.sampling.params(seed, n=1),
             seed=seed, neutral=cfg.neutral,
         )
         first = [e.turns[0].completion for e in episodes]
