@@ -48,8 +48,11 @@ def test_master_weights_are_fp32_and_adamw_updates_them(tiny_chat_dir):
         assert s.logprobs.dtype == torch.float32 and not torch.equal(s.logprobs, fp32)  # it did run in bf16
         yield -(s.logprobs * s.mask).sum() / s.mask.sum(), {}
 
+    step, grad_dtypes = optimizer.step, set()
+    optimizer.step = lambda: grad_dtypes.update(p.grad.dtype for p in policy.model.parameters()) or step()
     accumulated_step(policy.model, optimizer, losses(), grad_clip=1.0, lr=1e-6)
-    assert all(p.grad.dtype == torch.float32 for p in policy.model.parameters())
+    assert grad_dtypes == {torch.float32}
+    assert all(p.grad is None for p in policy.model.parameters())  # freed after the step
     assert all(s.dtype == torch.float32 for state in optimizer.state.values() for s in state.values()
                if torch.is_tensor(s) and s.dim())
     moved = [(p - b).abs().max().item() for p, b in zip(policy.model.parameters(), before)]

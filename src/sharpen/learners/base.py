@@ -184,7 +184,8 @@ def accumulated_step(model, optimizer, micro_losses: Iterable[tuple[torch.Tensor
                      grad_clip: float, lr: float) -> tuple[float, dict[str, float]]:
     """One optimizer step on a batch scored in micro-batches (gradient accumulation):
     zero the gradients → for each micro-batch, backward its loss as it comes (its graph is
-    freed before the next micro-batch is scored) → clip the summed gradient → step at `lr`.
+    freed before the next micro-batch is scored) → clip the summed gradient → step at `lr` →
+    free the gradients.
 
     Each loss must be its micro-batch's share of the batch's loss (the batch's denominators,
     e.g. `clipped_surrogate(..., batch_mask=)`), so that the summed gradient, and the step, are
@@ -209,6 +210,7 @@ def accumulated_step(model, optimizer, micro_losses: Iterable[tuple[torch.Tensor
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"the gradient norm is {grad_norm.item()} (diagnostics: {sums})")
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free until the next step
     return grad_norm.item(), sums
 
 

@@ -13,6 +13,7 @@ adapter_model.safetensors); `load_weights` reads either back into the live model
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -46,7 +47,9 @@ def add_lora(model, *, r: int, alpha: float, dropout: float, target_modules: Uni
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                              task_type="CAUSAL_LM")
     try:
-        return peft.get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return peft.get_peft_model(model, config)
     except ValueError as error:
         import torch
 

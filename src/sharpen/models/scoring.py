@@ -40,8 +40,11 @@ from sharpen.models.base import TokenScores
 
 HEAD_CHUNK_LOGITS = 1 << 22
 """Logits computed at once by the head (16 MB in fp32; 85 positions of a 49,152-token vocabulary)."""
-DEFAULT_MICRO_BATCH_TOKENS = 1024
-"""Forward positions per micro-batch unless a learner's `micro_batch_tokens` says otherwise."""
+DEFAULT_MICRO_BATCH_TOKENS = 512
+"""Forward positions per micro-batch unless a learner's `micro_batch_tokens` says otherwise: on
+SmolLM2-135M (30 layers, width 576) a backward pass keeps ≈ 2.5 MB per position, so 512 of them
+fit beside the weights, gradients and AdamW state of a 4 GB budget; the embedded model's
+quickstart minibatches (≈ 200 positions) are one micro-batch."""
 
 LOGIT_TRANSFORMS: dict[str, Callable[[Tensor, float], Tensor]] = {
     "final_logit_softcapping": lambda z, cap: torch.tanh(z / cap) * cap,  # Gemma 2 and 3
