@@ -3,7 +3,8 @@ the KV cache, on the model's device.
 
     completions = sample_ids(policy, prompt_ids, params, generator, on_token)
 
-Per step, for the rows still running:
+The prefill runs each distinct prompt once, and a prefix all prompts share (a chat template's
+system prompt) once for all of them (`prefill`). Then per step, for the rows still running:
 1. the model's distribution at temperature 1 gives each sampled token's log-prob (`logprobs`,
    and the `top_logprobs`); temperature, top-k, min-p and top-p give the distribution sampled
    from (`sampling_logprobs`: the behaviour policy of the learners' importance ratios);
@@ -195,6 +196,49 @@ def check_context_length(prompt_ids: Sequence[Sequence[int]], max_new_tokens: in
 # ---- the loop ------------------------------------------------------------------------------------
 
 
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all prompts share."""
+    shortest = min(len(p) for p in prompts)
+    for i in range(shortest):
+        if any(p[i] != prompts[0][i] for p in prompts):
+            return i
+    return shortest
+
+
+def prefill(policy: "HFPolicy", prompts: Sequence[Sequence[int]]):
+    """Run distinct prompts through the model: (cache, next-token logits (U, V), attention mask
+    (U, S), next positions (U,)).
+
+    When the prompts open alike (a chat template's system prompt), the shared prefix of c tokens
+    goes through once and its cache is copied to every prompt; then each prompt's rest, left-
+    padded, attends to it. Row u is laid out [prefix (c)][padding][rest of prompt u] with its
+    positions counted over its own tokens only, so the model sees each prompt exactly. Used when
+    it at least halves the tokens of the prefill (c · (U - 1) >= U · longest rest).
+    """
+    model, device, pad = policy.model, policy.device, policy.tokenizer.pad_token_id
+    U = len(prompts)
+    c = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)  # every rest keeps a token
+    rest_length = max(len(p) for p in prompts) - c
+    if c * (U - 1) < U * rest_length:
+        c = 0
+    rests = [list(p[c:]) for p in prompts]
+    R = max(len(r) for r in rests)
+    input_ids = torch.tensor([[pad] * (R - len(r)) + r for r in rests], device=device)  # (U, R)
+    mask = torch.tensor([[1] * c + [0] * (R - len(r)) + [1] * len(r) for r in rests], device=device)  # (U, c + R)
+    positions = (mask[:, c:].cumsum(-1) - 1).clamp(min=0) + c  # (U, R)
+    shared = {}
+    if c:
+        out = model(input_ids=torch.tensor([list(prompts[0][:c])], device=device), use_cache=True,
+                    **policy.last_logits_only)
+        cache = getattr(out, policy.cache_name)
+        cache.reorder_cache(torch.zeros(U, dtype=torch.long, device=device))  # (1, …) → (U, …)
+        shared = {policy.cache_name: cache}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **shared, **policy.last_logits_only)
+    return getattr(out, policy.cache_name), out.logits[:, -1, :].float(), mask, positions[:, -1] + 1
+
+
+
 @torch.no_grad()
 def sample_ids(
     policy: "HFPolicy",
@@ -207,24 +251,17 @@ def sample_ids(
 ) -> list[Completion]:
     """Sample one completion for each row of prompt token ids (a left-padded batch), drawing
     from `generator` (on the model's device); see the module docstring."""
-    model, device, pad = policy.model, policy.device, policy.tokenizer.pad_token_id
+    model, device = policy.model, policy.device
     B, T, k = len(prompt_ids), params.max_new_tokens, params.top_logprobs
-    L = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.tensor([[pad] * (L - len(ids)) + list(ids) for ids in prompt_ids], device=device)  # (B, L)
-    mask = torch.tensor([[0] * (L - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)  # (B, L)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
     enders = torch.tensor(sorted(policy.eos_ids | set(params.stop_token_ids)), device=device)
 
     # prefill each distinct prompt once (the rows of a group share it), then gather to the rows
     index_of: dict[tuple, int] = {}
     rows = torch.tensor([index_of.setdefault(tuple(p), len(index_of)) for p in prompt_ids], device=device)  # (B,)
-    first = torch.tensor([rows.tolist().index(u) for u in range(len(index_of))], device=device)  # (U,)
-    out = model(input_ids=input_ids[first], attention_mask=mask[first], position_ids=positions[first],
-                use_cache=True, **policy.last_logits_only)
-    cache, logits = getattr(out, policy.cache_name), out.logits[:, -1, :].float()[rows]  # (B, V)
+    cache, logits, mask, next_pos = prefill(policy, list(index_of))
+    logits, mask, next_pos = logits[rows], mask[rows], next_pos[rows]  # (B, V), (B, S), (B,)
     if len(index_of) < B:
         cache.reorder_cache(rows)  # (U, …) → (B, …)
-    next_pos = positions[:, -1] + 1  # (B,)
 
     greedy = params.temperature == 0
     uniforms = None if greedy else torch.rand((B, T), generator=generator, device=device)  # one per row and step
