@@ -133,11 +133,12 @@ class StopStrings:
 
     def __init__(self, tokenizer: "PreTrainedTokenizerBase", stop: Sequence[str], rows: int) -> None:
         self.stop = tuple(stop)
-        # many windows at once: the Rust tokenizer's batch decode where there is one (what
-        # tokenizer.decode does, without its Python overhead per window), else the tokenizer's own
+        # the Rust tokenizer's decode where there is one (what tokenizer.decode does, without its
+        # Python overhead), one window at a time: its decode_batch hands the windows to a thread
+        # pool, which costs more than these short windows do on a busy machine
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is not None and not tokenizer.clean_up_tokenization_spaces:
-            self.decode_batch = lambda windows: backend.decode_batch(windows, skip_special_tokens=True)
+            self.decode_batch = lambda windows: [backend.decode(w, skip_special_tokens=True) for w in windows]
         else:
             self.decode_batch = lambda windows: tokenizer.batch_decode(windows, skip_special_tokens=True)
         self.ids: list[list[int]] = [[] for _ in range(rows)]
