@@ -39,7 +39,7 @@ import torch
 from sharpen.models.base import Completion, ContextLengthError, SamplingParams
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
     from sharpen.models.hf import HFPolicy
 
@@ -206,7 +206,9 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return shortest
 
 
-def prefill(policy: "HFPolicy", prompts: Sequence[Sequence[int]]):
+def prefill(
+    policy: "HFPolicy", prompts: Sequence[Sequence[int]]
+) -> tuple["Cache", torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run distinct prompts through the model: (cache, next-token logits (U, V), attention mask
     (U, S), next positions (U,)).
 
@@ -237,7 +239,6 @@ def prefill(policy: "HFPolicy", prompts: Sequence[Sequence[int]]):
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 **shared, **policy.last_logits_only)
     return getattr(out, policy.cache_name), out.logits[:, -1, :].float(), mask, positions[:, -1] + 1
-
 
 
 @torch.no_grad()
