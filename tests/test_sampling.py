@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sharpen.models import ContextLengthError, SamplingParams
-from sharpen.models.sampling import StopStrings, inverse_cdf_sample, sample_ids, top_k_filter
+from sharpen.models.sampling import PrefixOffsetDecoder, StopStrings, inverse_cdf_sample, sample_ids, top_k_filter
 
 CHAT_PROMPTS = [
     [{"role": "user", "content": "What is 37 + 58?"}],
@@ -118,8 +118,8 @@ def push_one_by_one(tokenizer, text: str, stop: tuple[str, ...], fallback: bool)
     which a stop was reported (the text grown so far is checked at every token)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     stops = StopStrings(tokenizer, stop, rows=2)
-    if fallback:  # the tokenizer's own batch_decode, as for a tokenizer without a Rust backend
-        stops.decode_batch = lambda windows: tokenizer.batch_decode(windows, skip_special_tokens=True)
+    if fallback:  # through tokenizer.batch_decode, as for a tokenizer without a Rust backend
+        stops.new_text = PrefixOffsetDecoder(tokenizer, rows=2).push
     for j, token in enumerate(ids):
         hits = stops.push([1], [token])
         whole = tokenizer.decode(ids[: j + 1], skip_special_tokens=True)

@@ -38,6 +38,11 @@ import torch
 
 from sharpen.models.base import Completion, ContextLengthError, SamplingParams
 
+try:
+    from tokenizers.decoders import DecodeStream
+except ImportError:  # tokenizers before 0.21.1
+    DecodeStream = None
+
 if TYPE_CHECKING:
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -120,12 +125,11 @@ class StopStrings:
     """Each row's generated text, grown as tokens arrive, and whether it now holds a stop string.
 
     Decoding one token alone loses what a tokenizer attaches to its neighbours (SentencePiece's
-    "▁" word starts, byte-level BPE's bytes of one character spread over two tokens), so each row
-    keeps a prefix offset, as streaming detokenizers do (Hugging Face TGI, vLLM): the new text of
-    a token is decode(ids[prefix:]) minus decode(ids[prefix:read]), both short windows; a window
-    that ends in an incomplete character (U+FFFD) waits for the next token. The text grown this
-    way is the decoding of the row's ids, so a stop split across tokens is found at the token
-    that completes it.
+    "▁" word starts, byte-level BPE's bytes of one character spread over two tokens), so the
+    text grows by incremental decoding with a prefix offset, as streaming detokenizers do: the
+    Rust tokenizer's `DecodeStream` where there is one, else `PrefixOffsetDecoder`. The text grown
+    this way is the decoding of the row's ids, so a stop split across tokens is found at the
+    token that completes it.
 
         stops = StopStrings(tokenizer, ("\\n",), rows=B)
         hits = stops.push(rows, tokens)    # the rows among `rows` whose text now holds a stop
@@ -133,38 +137,55 @@ class StopStrings:
 
     def __init__(self, tokenizer: "PreTrainedTokenizerBase", stop: Sequence[str], rows: int) -> None:
         self.stop = tuple(stop)
-        # the Rust tokenizer's decode where there is one (what tokenizer.decode does, without its
-        # Python overhead), one window at a time: its decode_batch hands the windows to a thread
-        # pool, which costs more than these short windows do on a busy machine
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None and not tokenizer.clean_up_tokenization_spaces:
-            self.decode_batch = lambda windows: [backend.decode(w, skip_special_tokens=True) for w in windows]
-        else:
-            self.decode_batch = lambda windows: tokenizer.batch_decode(windows, skip_special_tokens=True)
-        self.ids: list[list[int]] = [[] for _ in range(rows)]
-        self.prefix = [0] * rows  # ids[prefix:read] were decoded before and give the context
-        self.read = [0] * rows  # ids[read:] have no text yet
         self.text = [""] * rows
+        # new_text(rows, tokens): the text each row's new token adds ("" while a character is incomplete)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if DecodeStream is not None and backend is not None and not tokenizer.clean_up_tokenization_spaces:
+            streams = [DecodeStream(skip_special_tokens=True) for _ in range(rows)]
+            self.new_text = lambda rows_, tokens: [streams[r].step(backend, t) or "" for r, t in zip(rows_, tokens)]
+        else:
+            self.new_text = PrefixOffsetDecoder(tokenizer, rows).push
 
     def push(self, rows: Sequence[int], tokens: Sequence[int]) -> list[int]:
         """Append tokens[i] to row rows[i]; the rows whose text holds a stop string now."""
-        for row, token in zip(rows, tokens):
-            self.ids[row].append(token)
-        windows = [self.ids[r][self.prefix[r] : self.read[r]] for r in rows]
-        windows += [self.ids[r][self.prefix[r] :] for r in rows]
-        decoded = self.decode_batch(windows)
-        before, after = decoded[: len(rows)], decoded[len(rows) :]
         hits = []
-        for row, known, grown in zip(rows, before, after):
-            if len(grown) <= len(known) or grown.endswith("\ufffd"):
-                continue  # no new text yet (a partial character, or a token with no text)
-            new = grown[len(known) :]
-            self.prefix[row], self.read[row] = self.read[row], len(self.ids[row])
+        for row, new in zip(rows, self.new_text(rows, tokens)):
+            if not new:
+                continue
             seen = len(self.text[row])
             self.text[row] += new
             if any(s in self.text[row][max(0, seen - len(s) + 1) :] for s in self.stop):
                 hits.append(row)
         return hits
+
+
+class PrefixOffsetDecoder:
+    """Incremental decoding of many rows through `tokenizer.batch_decode` (Hugging Face TGI's and
+    vLLM's scheme, for tokenizers without a Rust `DecodeStream`): the new text of a token is
+    decode(ids[prefix:]) minus decode(ids[prefix:read]), two short windows per row; a window that
+    ends in an incomplete character (U+FFFD) waits for the next token."""
+
+    def __init__(self, tokenizer: "PreTrainedTokenizerBase", rows: int) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.prefix = [0] * rows  # ids[prefix:read] were decoded before and give the context
+        self.read = [0] * rows  # ids[read:] have no text yet
+
+    def push(self, rows: Sequence[int], tokens: Sequence[int]) -> list[str]:
+        """Append tokens[i] to row rows[i]; the text each adds ("" while it has none yet)."""
+        for row, token in zip(rows, tokens):
+            self.ids[row].append(token)
+        windows = [self.ids[r][self.prefix[r] : self.read[r]] for r in rows]
+        windows += [self.ids[r][self.prefix[r] :] for r in rows]
+        decoded = self.tokenizer.batch_decode(windows, skip_special_tokens=True)
+        out = []
+        for row, known, grown in zip(rows, decoded[: len(rows)], decoded[len(rows) :]):
+            if len(grown) <= len(known) or grown.endswith("\ufffd"):
+                out.append("")  # no new text yet (a partial character, or a token with no text)
+                continue
+            out.append(grown[len(known) :])
+            self.prefix[row], self.read[row] = self.read[row], len(self.ids[row])
+        return out
 
 
 # ---- the context length --------------------------------------------------------------------------
