@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sharpen.models import ContextLengthError, SamplingParams
-from sharpen.models.sampling import StopStrings, inverse_cdf_sample, sample_ids, top_k_filter
+from sharpen.models.sampling import PrefixOffsetDecoder, StopStrings, inverse_cdf_sample, sample_ids, top_k_filter
 
 CHAT_PROMPTS = [
     [{"role": "user", "content": "What is 37 + 58?"}],
@@ -16,6 +16,9 @@ CHAT_PROMPTS = [
     [{"role": "user", "content": "Is this answer correct? Answer Yes or No."}],
 ]
 ADDITION_PROMPTS = ["37+58=", "4+5=", "12+30="]
+SYSTEM = {"role": "system", "content": "Is this answer correct? Answer Yes or No. " * 4}
+SHARED_PREFIX_PROMPTS = [[SYSTEM, *p] for p in CHAT_PROMPTS]
+"""Prompts that open with the same long system prompt: the prefill runs it once for all."""
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -57,13 +60,13 @@ def split_stop(policy, token_ids) -> tuple[str, int]:
     raise AssertionError(f"no stop string across two tokens in {texts[-1]!r}")
 
 
-def batch_sizes(policy, monkeypatch) -> list[int]:
-    """The batch size of every forward pass the model runs from now on."""
-    seen: list[int] = []
+def batch_sizes(policy, monkeypatch) -> list[tuple[int, int]]:
+    """(rows, tokens per row) of every forward pass the model runs from now on."""
+    seen: list[tuple[int, int]] = []
     forward = policy.model.forward
 
     def recording(*args, **kwargs):
-        seen.append(kwargs["input_ids"].shape[0])
+        seen.append(tuple(kwargs["input_ids"].shape))
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(policy.model, "forward", recording)
@@ -80,15 +83,15 @@ def run_with(policy, rows, params, compact_at: float, seed: int = 5):
 
 def assert_compaction_changes_no_row(policy, prompts, params, monkeypatch, atol: float = 1e-5) -> None:
     rows = [policy.encode(p) for p in prompts for _ in range(params.n)]
-    sizes = batch_sizes(policy, monkeypatch)
+    forwards = batch_sizes(policy, monkeypatch)
     kept, kept_tokens = run_with(policy, rows, params, compact_at=2.0)  # ended rows stay until all end
-    kept_sizes = sizes[1:]
-    sizes.clear()
+    kept_sizes = [b for b, tokens in forwards if tokens == 1]  # decoding steps feed one token per row
+    forwards.clear()
     compact, compact_tokens = run_with(policy, rows, params, compact_at=0.0)  # they leave at once
+    sizes = [b for b, tokens in forwards if tokens == 1]
     lengths = [len(c.token_ids) for c in kept]
     assert min(lengths) < max(lengths) == params.max_new_tokens  # rows end at different steps
-    assert set(kept_sizes) == {len(rows)} and sizes[1:] == sorted(sizes[1:], reverse=True)
-    assert sizes[-1] < len(rows)
+    assert set(kept_sizes) == {len(rows)} and sizes == sorted(sizes, reverse=True) and sizes[-1] < len(rows)
     for a, b in zip(kept, compact):
         assert (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=atol, rtol=0)
@@ -115,8 +118,8 @@ def push_one_by_one(tokenizer, text: str, stop: tuple[str, ...], fallback: bool)
     which a stop was reported (the text grown so far is checked at every token)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     stops = StopStrings(tokenizer, stop, rows=2)
-    if fallback:  # the tokenizer's own batch_decode, as for a tokenizer without a Rust backend
-        stops.decode_batch = lambda windows: tokenizer.batch_decode(windows, skip_special_tokens=True)
+    if fallback:  # through tokenizer.batch_decode, as for a tokenizer without a Rust backend
+        stops.new_text = PrefixOffsetDecoder(tokenizer, rows=2).push
     for j, token in enumerate(ids):
         hits = stops.push([1], [token])
         whole = tokenizer.decode(ids[: j + 1], skip_special_tokens=True)
@@ -168,6 +171,18 @@ def test_generation_logprobs_equal_a_separate_forward_pass_on_a_bpe_llama(tiny_c
     assert_logprobs_match_a_forward_pass(tiny_chat_policy, CHAT_PROMPTS, params)
 
 
+def test_a_shared_prompt_prefix_is_prefilled_once_and_changes_no_logprob(tiny_chat_policy, monkeypatch):
+    forwards = batch_sizes(tiny_chat_policy, monkeypatch)
+    params = SamplingParams(n=2, max_new_tokens=6, seed=3)
+    assert_logprobs_match_a_forward_pass(tiny_chat_policy, SHARED_PREFIX_PROMPTS, params)
+    prompts = [tiny_chat_policy.encode(p) for p in SHARED_PREFIX_PROMPTS]
+    assert forwards[0][0] == 1 and forwards[1][0] == 3  # the shared prefix alone, then the three rests
+    assert forwards[0][1] + forwards[1][1] == max(len(p) for p in prompts)
+    forwards.clear()
+    assert_logprobs_match_a_forward_pass(tiny_chat_policy, CHAT_PROMPTS, params)
+    assert forwards[0][0] == 3  # a short common opening is not worth a pass of its own
+
+
 def test_a_stop_string_split_across_two_tokens_is_caught(tiny_chat_policy):
     """A seed fixes each row's draws, so the run with the stop string repeats the run without it
     up to the stop."""
@@ -189,7 +204,7 @@ def test_rows_that_ended_leaving_the_batch_change_no_row(fixture, request, monke
     if fixture == "tiny_chat_policy":  # random weights: rows end at a stop string or a stop token
         common = policy.tokenizer.convert_tokens_to_ids(["Ġthe", "Ġanswer"])
         params = SamplingParams(n=4, max_new_tokens=10, stop=("e",), stop_token_ids=tuple(common), top_logprobs=3)
-        prompts = CHAT_PROMPTS
+        prompts = SHARED_PREFIX_PROMPTS
     else:  # the embedded format ends at its end token
         params = SamplingParams(n=6, max_new_tokens=5, top_logprobs=3)
         prompts = ADDITION_PROMPTS

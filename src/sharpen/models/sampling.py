@@ -3,7 +3,8 @@ the KV cache, on the model's device.
 
     completions = sample_ids(policy, prompt_ids, params, generator, on_token)
 
-Per step, for the rows still running:
+The prefill runs each distinct prompt once, and a prefix all prompts share (a chat template's
+system prompt) once for all of them (`prefill`). Then per step, for the rows still running:
 1. the model's distribution at temperature 1 gives each sampled token's log-prob (`logprobs`,
    and the `top_logprobs`); temperature, top-k, min-p and top-p give the distribution sampled
    from (`sampling_logprobs`: the behaviour policy of the learners' importance ratios);
@@ -37,8 +38,13 @@ import torch
 
 from sharpen.models.base import Completion, ContextLengthError, SamplingParams
 
+try:
+    from tokenizers.decoders import DecodeStream
+except ImportError:  # tokenizers before 0.21.1
+    DecodeStream = None
+
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
     from sharpen.models.hf import HFPolicy
 
@@ -119,12 +125,11 @@ class StopStrings:
     """Each row's generated text, grown as tokens arrive, and whether it now holds a stop string.
 
     Decoding one token alone loses what a tokenizer attaches to its neighbours (SentencePiece's
-    "▁" word starts, byte-level BPE's bytes of one character spread over two tokens), so each row
-    keeps a prefix offset, as streaming detokenizers do (Hugging Face TGI, vLLM): the new text of
-    a token is decode(ids[prefix:]) minus decode(ids[prefix:read]), both short windows; a window
-    that ends in an incomplete character (U+FFFD) waits for the next token. The text grown this
-    way is the decoding of the row's ids, so a stop split across tokens is found at the token
-    that completes it.
+    "▁" word starts, byte-level BPE's bytes of one character spread over two tokens), so the
+    text grows by incremental decoding with a prefix offset, as streaming detokenizers do: the
+    Rust tokenizer's `DecodeStream` where there is one, else `PrefixOffsetDecoder`. The text grown
+    this way is the decoding of the row's ids, so a stop split across tokens is found at the
+    token that completes it.
 
         stops = StopStrings(tokenizer, ("\\n",), rows=B)
         hits = stops.push(rows, tokens)    # the rows among `rows` whose text now holds a stop
@@ -132,37 +137,55 @@ class StopStrings:
 
     def __init__(self, tokenizer: "PreTrainedTokenizerBase", stop: Sequence[str], rows: int) -> None:
         self.stop = tuple(stop)
-        # many windows at once: the Rust tokenizer's batch decode where there is one (what
-        # tokenizer.decode does, without its Python overhead per window), else the tokenizer's own
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None and not tokenizer.clean_up_tokenization_spaces:
-            self.decode_batch = lambda windows: backend.decode_batch(windows, skip_special_tokens=True)
-        else:
-            self.decode_batch = lambda windows: tokenizer.batch_decode(windows, skip_special_tokens=True)
-        self.ids: list[list[int]] = [[] for _ in range(rows)]
-        self.prefix = [0] * rows  # ids[prefix:read] were decoded before and give the context
-        self.read = [0] * rows  # ids[read:] have no text yet
         self.text = [""] * rows
+        # new_text(rows, tokens): the text each row's new token adds ("" while a character is incomplete)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if DecodeStream is not None and backend is not None and not tokenizer.clean_up_tokenization_spaces:
+            streams = [DecodeStream(skip_special_tokens=True) for _ in range(rows)]
+            self.new_text = lambda rows_, tokens: [streams[r].step(backend, t) or "" for r, t in zip(rows_, tokens)]
+        else:
+            self.new_text = PrefixOffsetDecoder(tokenizer, rows).push
 
     def push(self, rows: Sequence[int], tokens: Sequence[int]) -> list[int]:
         """Append tokens[i] to row rows[i]; the rows whose text holds a stop string now."""
-        for row, token in zip(rows, tokens):
-            self.ids[row].append(token)
-        windows = [self.ids[r][self.prefix[r] : self.read[r]] for r in rows]
-        windows += [self.ids[r][self.prefix[r] :] for r in rows]
-        decoded = self.decode_batch(windows)
-        before, after = decoded[: len(rows)], decoded[len(rows) :]
         hits = []
-        for row, known, grown in zip(rows, before, after):
-            if len(grown) <= len(known) or grown.endswith("\ufffd"):
-                continue  # no new text yet (a partial character, or a token with no text)
-            new = grown[len(known) :]
-            self.prefix[row], self.read[row] = self.read[row], len(self.ids[row])
+        for row, new in zip(rows, self.new_text(rows, tokens)):
+            if not new:
+                continue
             seen = len(self.text[row])
             self.text[row] += new
             if any(s in self.text[row][max(0, seen - len(s) + 1) :] for s in self.stop):
                 hits.append(row)
         return hits
+
+
+class PrefixOffsetDecoder:
+    """Incremental decoding of many rows through `tokenizer.batch_decode` (Hugging Face TGI's and
+    vLLM's scheme, for tokenizers without a Rust `DecodeStream`): the new text of a token is
+    decode(ids[prefix:]) minus decode(ids[prefix:read]), two short windows per row; a window that
+    ends in an incomplete character (U+FFFD) waits for the next token."""
+
+    def __init__(self, tokenizer: "PreTrainedTokenizerBase", rows: int) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.prefix = [0] * rows  # ids[prefix:read] were decoded before and give the context
+        self.read = [0] * rows  # ids[read:] have no text yet
+
+    def push(self, rows: Sequence[int], tokens: Sequence[int]) -> list[str]:
+        """Append tokens[i] to row rows[i]; the text each adds ("" while it has none yet)."""
+        for row, token in zip(rows, tokens):
+            self.ids[row].append(token)
+        windows = [self.ids[r][self.prefix[r] : self.read[r]] for r in rows]
+        windows += [self.ids[r][self.prefix[r] :] for r in rows]
+        decoded = self.tokenizer.batch_decode(windows, skip_special_tokens=True)
+        out = []
+        for row, known, grown in zip(rows, decoded[: len(rows)], decoded[len(rows) :]):
+            if len(grown) <= len(known) or grown.endswith("\ufffd"):
+                out.append("")  # no new text yet (a partial character, or a token with no text)
+                continue
+            out.append(grown[len(known) :])
+            self.prefix[row], self.read[row] = self.read[row], len(self.ids[row])
+        return out
 
 
 # ---- the context length --------------------------------------------------------------------------
@@ -212,6 +235,50 @@ def draw_uniforms(generator: Union[torch.Generator, list[torch.Generator]], B: i
     return torch.cat(parts)
 
 
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all prompts share."""
+    shortest = min(len(p) for p in prompts)
+    for i in range(shortest):
+        if any(p[i] != prompts[0][i] for p in prompts):
+            return i
+    return shortest
+
+
+def prefill(
+    policy: "HFPolicy", prompts: Sequence[Sequence[int]]
+) -> tuple["Cache", torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run distinct prompts through the model: (cache, next-token logits (U, V), attention mask
+    (U, S), next positions (U,)).
+
+    When the prompts open alike (a chat template's system prompt), the shared prefix of c tokens
+    goes through once and its cache is copied to every prompt; then each prompt's rest, left-
+    padded, attends to it. Row u is laid out [prefix (c)][padding][rest of prompt u] with its
+    positions counted over its own tokens only, so the model sees each prompt exactly. Used when
+    it at least halves the tokens of the prefill (c · (U - 1) >= U · longest rest).
+    """
+    model, device, pad = policy.model, policy.device, policy.tokenizer.pad_token_id
+    U = len(prompts)
+    c = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)  # every rest keeps a token
+    rest_length = max(len(p) for p in prompts) - c
+    if c * (U - 1) < U * rest_length:
+        c = 0
+    rests = [list(p[c:]) for p in prompts]
+    R = max(len(r) for r in rests)
+    input_ids = torch.tensor([[pad] * (R - len(r)) + r for r in rests], device=device)  # (U, R)
+    mask = torch.tensor([[1] * c + [0] * (R - len(r)) + [1] * len(r) for r in rests], device=device)  # (U, c + R)
+    positions = (mask[:, c:].cumsum(-1) - 1).clamp(min=0) + c  # (U, R)
+    shared = {}
+    if c:
+        out = model(input_ids=torch.tensor([list(prompts[0][:c])], device=device), use_cache=True,
+                    **policy.last_logits_only)
+        cache = getattr(out, policy.cache_name)
+        cache.reorder_cache(torch.zeros(U, dtype=torch.long, device=device))  # (1, …) → (U, …)
+        shared = {policy.cache_name: cache}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **shared, **policy.last_logits_only)
+    return getattr(out, policy.cache_name), out.logits[:, -1, :].float(), mask, positions[:, -1] + 1
+
+
 @torch.no_grad()
 def sample_ids(
     policy: "HFPolicy",
@@ -225,24 +292,17 @@ def sample_ids(
     """Sample one completion for each row of prompt token ids (a left-padded batch), drawing
     from `generator` (on the model's device), or from one generator per row (`draw_uniforms`);
     see the module docstring."""
-    model, device, pad = policy.model, policy.device, policy.tokenizer.pad_token_id
+    model, device = policy.model, policy.device
     B, T, k = len(prompt_ids), params.max_new_tokens, params.top_logprobs
-    L = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.tensor([[pad] * (L - len(ids)) + list(ids) for ids in prompt_ids], device=device)  # (B, L)
-    mask = torch.tensor([[0] * (L - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)  # (B, L)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
     enders = torch.tensor(sorted(policy.eos_ids | set(params.stop_token_ids)), device=device)
 
     # prefill each distinct prompt once (the rows of a group share it), then gather to the rows
     index_of: dict[tuple, int] = {}
     rows = torch.tensor([index_of.setdefault(tuple(p), len(index_of)) for p in prompt_ids], device=device)  # (B,)
-    first = torch.tensor([rows.tolist().index(u) for u in range(len(index_of))], device=device)  # (U,)
-    out = model(input_ids=input_ids[first], attention_mask=mask[first], position_ids=positions[first],
-                use_cache=True, **policy.last_logits_only)
-    cache, logits = getattr(out, policy.cache_name), out.logits[:, -1, :].float()[rows]  # (B, V)
+    cache, logits, mask, next_pos = prefill(policy, list(index_of))
+    logits, mask, next_pos = logits[rows], mask[rows], next_pos[rows]  # (B, V), (B, S), (B,)
     if len(index_of) < B:
         cache.reorder_cache(rows)  # (U, …) → (B, …)
-    next_pos = positions[:, -1] + 1  # (B,)
 
     greedy = params.temperature == 0
     uniforms = None if greedy else draw_uniforms(generator, B, T, device)  # (B, T) one per row and step
