@@ -42,9 +42,13 @@ def test_master_weights_are_fp32_and_adamw_updates_them(tiny_chat_dir):
     optimizer = adamw(policy.model, lr=1e-6)
     before = [p.detach().clone() for p in policy.model.parameters()]
 
+    head_dtypes = set()
+    policy.model.get_output_embeddings().register_forward_hook(lambda m, i, out: head_dtypes.add(out.dtype))
+
     def losses():
         s = policy.score_tokens(prompts, completions)
-        torch.testing.assert_close(s.logprobs, fp32, atol=0.1, rtol=0.05)  # bf16 matmuls, fp32 log-softmax
+        assert head_dtypes == {torch.float32}  # the head and the log-probs stay out of autocast
+        torch.testing.assert_close(s.logprobs, fp32, atol=0.1, rtol=0.05)  # bf16 decoder, fp32 head
         assert s.logprobs.dtype == torch.float32 and not torch.equal(s.logprobs, fp32)  # it did run in bf16
         yield -(s.logprobs * s.mask).sum() / s.mask.sum(), {}
 

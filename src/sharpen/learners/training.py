@@ -6,8 +6,8 @@ learner is built, so its optimizer and reference model see the result:
     master weights   fp32 parameters (a model loaded in bf16 on CUDA is cast up), so that
                      AdamW's small updates are not rounded away (Micikevicius et al. 2018,
                      "Mixed Precision Training": fp32 master weights)
-    autocast         scoring's forward passes in bf16 on CUDA (`policy.autocast_dtype`);
-                     fp32 throughout on CPU
+    autocast         scoring's decoder passes in bf16 on CUDA (`policy.autocast_dtype`), the
+                     head and the log-probs in fp32; fp32 throughout on CPU
     checkpointing    recompute each decoder layer in backward instead of keeping its
                      activations (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost")
     LoRA             a fresh peft adapter; only it trains (`sharpen.models.lora`)

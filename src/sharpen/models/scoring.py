@@ -64,7 +64,8 @@ def output_head(model) -> Callable[[Tensor], Tensor]:
 
     The output embeddings, then the logit transform the config declares (`LOGIT_TRANSFORMS`).
     Checked once per model against its forward on a few tokens: an architecture that does
-    something else to its logits is an error here, not silently wrong scores.
+    something else to its logits is an error here, not silently wrong scores. Under autocast the
+    head still runs in its weights' dtype (fp32 when training).
     """
     head = _heads.get(model)
     if head is not None:
@@ -75,7 +76,10 @@ def output_head(model) -> Callable[[Tensor], Tensor]:
                   if (value := getattr(config, name, None)) not in (None, 0, 0.0, 1, 1.0)]
 
     def head(hidden: Tensor) -> Tensor:
-        z = linear(hidden)
+        # in the head's own dtype, outside autocast: fp32 logits from fp32 master weights, so that
+        # training log-probs are not rounded to bf16 (the importance ratios compare them to the sampler's)
+        with torch.autocast(hidden.device.type, enabled=False):
+            z = linear(hidden.to(linear.weight.dtype))
         for transform, value in transforms:
             z = transform(z, value)
         return z
@@ -243,8 +247,8 @@ def score_rows(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Seque
                pad_id: int, temperature: float = 1.0, extras: bool = False,
                autocast_dtype: Optional[torch.dtype] = None) -> TokenScores:
     """log π_T(y_t | x, y_<t) of the rows in one pass (see the module doc), differentiable;
-    (B, T) tensors, 0 on padding. Forward passes run under autocast to `autocast_dtype`
-    when given (bf16 on CUDA, with fp32 weights); log-probs are computed in fp32."""
+    (B, T) tensors, 0 on padding. The decoder runs under autocast to `autocast_dtype` when
+    given (bf16 on CUDA, with fp32 weights); the head and the log-probs do not (`output_head`)."""
     weight = model.get_output_embeddings().weight  # (V, H)
     device = weight.device
     targets, mask = _padded(completion_ids)
