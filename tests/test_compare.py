@@ -42,8 +42,10 @@ class Scripted:
 
     def __init__(self, samples: dict[str, list[str]]) -> None:
         self.samples = samples
+        self.calls: list = []  # the SamplingParams of every generate call
 
     def generate(self, prompts, params):
+        self.calls.append(params)
         out = []
         for prompt in prompts:
             texts = self.samples[question_text(prompt)]
@@ -162,6 +164,17 @@ def test_plot_writes_a_png(tmp_path):
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_temperature_reaches_every_strategy_with_the_task_budget():
+    policy = Scripted(SAMPLES)
+    task = make_task(PROBLEMS)
+    compare_strategies(policy, task, ["single", "self_consistency-3"], problems=4, temperature=0.7)
+    assert [p.temperature for p in policy.calls] == [0.7, 0.7]
+    assert {(p.max_new_tokens, p.stop) for p in policy.calls} == {(task.max_new_tokens, task.stop)}
+    default = Scripted(SAMPLES)
+    compare_strategies(default, task, ["single"], problems=4)
+    assert [p.temperature for p in default.calls] == [1.0]  # the strategies' own
+
+
 def test_bad_arguments_fail_before_generating():
     with pytest.raises(CompareError, match="more than once"):
         compare(["single", "single"])
@@ -169,6 +182,8 @@ def test_bad_arguments_fail_before_generating():
         compare([])
     with pytest.raises(CompareError):
         compare(["single"], problems=0)
+    with pytest.raises(CompareError, match="temperature"):
+        compare(["single"], temperature=-1)
     with pytest.raises(StrategySpecError):
         compare(["single", "self_consistency-x"])
 
@@ -179,7 +194,7 @@ def test_cli_compare_end_to_end(tmp_path, tiny_model_dir, capsys):
     out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
     code = main(["compare", "--model", str(tiny_model_dir), "--task", "addition",
                  "--strategies", "single,self_consistency-4", "--problems", "4", "--budget", "1",
-                 "--json", str(out), "--plot", str(png)])
+                 "--temperature", "0.7", "--json", str(out), "--plot", str(png)])
     assert code == 0
     data = json.loads(out.read_text())
     assert data["task"] == "addition" and data["n_problems"] == 4

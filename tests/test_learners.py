@@ -158,9 +158,12 @@ def test_accepted_options_passes_only_what_a_signature_names():
 
 
 def test_lr_schedules_by_name():
-    from sharpen.learners.policy_gradient.learner import LR_SCHEDULES, PolicyGradientConfig, lr_factor
+    from sharpen.learners.base import LR_SCHEDULES, lr_factor
+    from sharpen.learners.policy_gradient.learner import PolicyGradientConfig
+    from sharpen.learners.self_correction.rise import RiseConfig
 
-    assert set(LR_SCHEDULES) == set(PolicyGradientConfig.model_fields["schedule"].annotation.__args__)
+    for config in (PolicyGradientConfig, RiseConfig):
+        assert set(LR_SCHEDULES) == set(config.model_fields["schedule"].annotation.__args__)
     assert [lr_factor(s, 10, 2, "constant") for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
     assert [lr_factor(s, 10, 2, "cosine") for s in (0, 2, 6, 10)] == pytest.approx([0.5, 1.0, 0.5, 0.0])
 

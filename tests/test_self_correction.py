@@ -66,10 +66,12 @@ def answer(problem_text: str) -> str:
 
 class Script:
     """Replaces a policy's sampling: turn 1 answers "0" (wrong), a rollout's later turn "1"
-    (wrong), and the N candidates at a state are ["5", right, right, "7", …]."""
+    (wrong), and the N candidates at a state are ["9", right, right, "6", …]; the frozen base
+    model (sampling while it stands in for the live model) answers "0" every time."""
 
     def __init__(self, policy):
         self.policy, self.calls = policy, []
+        self.live = policy.model
 
     def ids(self, text: str) -> tuple[int, ...]:
         tok = self.policy.tokenizer
@@ -80,7 +82,9 @@ class Script:
         out = []
         for prompt in prompts:
             question = prompt if isinstance(prompt, str) else prompt[0]["content"]
-            if params.n == 1:
+            if self.policy.model is not self.live:
+                texts = ["0"] * params.n
+            elif params.n == 1:
                 texts = ["0" if isinstance(prompt, str) else "1"]
             else:
                 texts = ([str(9 - i) if i % 3 == 0 else answer(question) for i in range(params.n)])
@@ -95,8 +99,9 @@ def rise_context(policy, candidates: int = 4) -> LearnerContext:
                           log_completions=1)
 
 
-def run_rise_step(policy, monkeypatch, **options):
-    """One RISE step on three problems; returns (examples it fine-tuned on, step output, script)."""
+def run_rise_step(policy, monkeypatch, step: int = 1, **options):
+    """Loop step `step` of RISE on three problems; returns (examples it fine-tuned on, step
+    output, script, problems)."""
     script = Script(policy)
     monkeypatch.setattr(policy, "generate", script)
     trained = []
@@ -108,11 +113,11 @@ def run_rise_step(policy, monkeypatch, **options):
     monkeypatch.setattr("sharpen.learners.self_correction.rise.fine_tune", fake_fine_tune)
     learner = Rise(rise_context(policy), RiseConfig(kind="rise", **options))
     problems = TASK.problems("train", 3, 0)
-    return trained, learner.step(1, problems), script, problems
+    return trained, learner.step(step, problems), script, problems
 
 
 def test_rise_trains_each_history_on_its_improved_turn(tiny_policy, monkeypatch):
-    trained, out, script, problems = run_rise_step(tiny_policy, monkeypatch, first_turn="base")
+    trained, out, script, problems = run_rise_step(tiny_policy, monkeypatch, first_turn="base", base_samples=1)
     encode = tiny_policy.encode
     improved, anchors = trained[:3], trained[3:]
     for p, example in zip(problems, improved):
@@ -130,6 +135,29 @@ def test_rise_trains_each_history_on_its_improved_turn(tiny_policy, monkeypatch)
     assert [(len(prompts), n) for prompts, n in script.calls] == [(3, 1), (3, 1), (3, 4), (3, 1)]
     # the store gets the first episode's attempts with the history each answered
     assert [(r.completion, r.extras["turn"], r.reward) for r in out.records] == [("0", 1, 0.0), ("1", 2, 0.0)]
+
+
+def test_rise_anchors_turn_one_with_several_base_samples_per_problem(tiny_policy, monkeypatch):
+    trained, out, script, problems = run_rise_step(tiny_policy, monkeypatch)  # the defaults: first_turn base, 4
+    anchors = trained[3:]
+    assert [(a.prompt_ids, a.completion_ids, a.weight) for a in anchors] == [
+        (tuple(tiny_policy.encode(p.prompt)), script.ids("0"), 1.0) for p in problems for _ in range(4)]
+    assert out.metrics["rise/base_examples"] == 12
+    assert [(len(prompts), n) for prompts, n in script.calls][-1] == (3, 4)  # one base call, 4 per problem
+
+
+def test_rise_rate_follows_its_schedule_over_the_run(tiny_policy, monkeypatch):
+    rates = []
+    monkeypatch.setattr("sharpen.learners.self_correction.rise.fine_tune",
+                        lambda policy, optimizer, examples, **kwargs: rates.append(kwargs["lr"]) or {})
+    monkeypatch.setattr(tiny_policy, "generate", Script(tiny_policy))
+    problems = TASK.problems("train", 3, 0)
+    for schedule in ("cosine", "constant"):
+        learner = Rise(rise_context(tiny_policy), RiseConfig(kind="rise", lr=1e-3, schedule=schedule))  # 2 steps
+        assert [learner.step(s, problems).metrics["lr"] for s in (1, 2)] == pytest.approx(rates[-2:])
+    # cosine over 2 steps: the full rate at step 1, half of it at step 2; constant: the full rate
+    assert rates == pytest.approx([1e-3, 5e-4, 1e-3, 1e-3])
+    assert RiseConfig(kind="rise").schedule == "cosine"
 
 
 def test_rise_filters_and_first_turn_options(tiny_policy, monkeypatch):

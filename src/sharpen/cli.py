@@ -200,7 +200,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         check_strategy(*parse_strategy_spec(spec, user_code=True))  # specs from the user's command line
     policy = use_prompts(load_policy(args.model, seed=args.seed), args.prompts)
     comparison = compare_strategies(policy, task, specs, problems=args.problems, seed=args.seed,
-                                    budget=args.budget)
+                                    budget=args.budget, temperature=args.temperature)
     console.print(comparison.table(f"{args.model} on {task.name}: strategies"))
     if args.json:
         report = {"model": args.model, **comparison.to_json()}
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", type=int_in(1), default=100, help="held-out problems, the same for every strategy")
     p.add_argument("--budget", type=float_at_least(0.0), default=None, metavar="TOKENS",
                    help="tokens per problem; strategies above it are marked over budget")
+    p.add_argument("--temperature", type=float_at_least(0.0), default=None,
+                   help="sampling temperature of every strategy (default: the strategies' own, 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot accuracy against tokens per problem")

@@ -39,7 +39,7 @@ import numpy as np
 from rich.table import Table
 
 from sharpen.evaluation.metrics import bootstrap_ci, mean
-from sharpen.models.base import Policy
+from sharpen.models.base import Policy, SamplingParams
 from sharpen.strategies import build_strategy, parse_strategy_spec
 from sharpen.tasks.base import Task
 
@@ -247,12 +247,16 @@ def compare_strategies(
     problems: int = 100,
     seed: int = 0,
     budget: Optional[float] = None,
+    temperature: Optional[float] = None,
 ) -> Comparison:
     """Run every strategy spec on the same `problems` eval problems (drawn with `seed`), score
     each final text with task.check, and test every pair for a significant accuracy difference.
+    Every strategy samples at `temperature` (default: the strategies' own, 1) within the task's
+    budget and stop strings.
 
-    Raises CompareError for no specs, a repeated spec, problems < 1 or a negative budget, and
-    the strategies' own errors (StrategySpecError, …) for a bad spec, before anything is run.
+    Raises CompareError for no specs, a repeated spec, problems < 1, a negative budget or
+    temperature, and the strategies' own errors (StrategySpecError, …) for a bad spec, before
+    anything is run.
     """
     specs = [s.strip() for s in specs if s.strip()]
     if not specs:
@@ -264,12 +268,16 @@ def compare_strategies(
         raise CompareError(f"compare needs problems >= 1, got {problems}")
     if budget is not None and budget < 0:
         raise CompareError(f"budget must be >= 0 tokens per problem, got {budget}")
+    if temperature is not None and temperature < 0:
+        raise CompareError(f"temperature must be >= 0, got {temperature}")
+    sampling = {} if temperature is None else {
+        "params": SamplingParams(temperature=temperature, max_new_tokens=task.max_new_tokens, stop=task.stop)}
 
     # build everything first, so a bad spec fails before any generation
     strategies = []
     for spec in specs:
         name, options = parse_strategy_spec(spec, user_code=True)  # specs from the user's command line
-        strategies.append(build_strategy(name, policy=policy, task=task, **options))
+        strategies.append(build_strategy(name, policy=policy, task=task, **options, **sampling))
 
     batch = task.problems("eval", problems, seed)
     if not batch:

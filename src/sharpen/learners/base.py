@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence, runtime_checkable
@@ -115,6 +116,20 @@ def accepted_options(fn: Callable, **options: Any) -> dict[str, Any]:
     without naming the entries."""
     params = inspect.signature(fn).parameters
     return {k: v for k, v in options.items() if k in params}
+
+
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda progress: 1.0,
+    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * min(1.0, progress))),
+}
+"""schedule name → multiplier of the peak learning rate at `progress` ∈ [0, 1] of the steps after warm-up."""
+
+
+def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return LR_SCHEDULES[schedule]((step - warmup) / max(1, total_steps - warmup))
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -29,7 +29,7 @@ from sharpen.learners.policy_gradient.advantages import (
 )
 from sharpen.learners.base import (
     LearnerContext, ReferenceModel, StepOutput, accepted_options, accumulated_step, adamw, batch_metrics,
-    batch_records, behaviour_logprobs, reference_logprobs, step_seed,
+    batch_records, behaviour_logprobs, lr_factor, reference_logprobs, step_seed,
 )
 from sharpen.learners.policy_gradient.losses import (
     clipped_surrogate, get_loss_aggregation, truncated_importance_weights,
@@ -96,20 +96,6 @@ class PolicyGradientConfig(TrainingConfig):
     def min_group_size(self) -> int:
         """The fewest completions per group (sampling.group_size) the advantage estimator needs."""
         return MIN_GROUP_SIZE.get(self.advantage, 1)
-
-
-LR_SCHEDULES: dict[str, Callable[[float], float]] = {
-    "constant": lambda progress: 1.0,
-    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * min(1.0, progress))),
-}
-"""schedule name → multiplier of the peak learning rate at `progress` ∈ [0, 1] of the steps after warm-up."""
-
-
-def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return LR_SCHEDULES[schedule]((step - warmup) / max(1, total_steps - warmup))
 
 
 def reward_range(score_range: Optional[ScoreRange], what: str) -> dict[str, float]:
