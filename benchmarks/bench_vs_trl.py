@@ -11,15 +11,19 @@ One process, one run, figures printed (and with --json written). What it does:
      every --every steps;
   4. TRL: GRPOTrainer with the same group size, problems per step, β = 0, temperature 1,
      one generation and one optimizer step per batch, for each --lrs; a callback evaluates
-     with the same evaluator every --every steps and stops at the target;
+     with the same evaluator every --every steps and stops at the target (3 and 4 take
+     turns, one rate at a time);
   5. sampling speed of sharpen's rollout generation against a bare `model.generate`;
   6. each side at its best rate of the same grid (the earliest to the target): time and steps
-     to target, seconds per step, and their ratios sharpen / TRL.
+     to target, seconds per step, their ratios sharpen / TRL, and whether they meet the goal
+     (time to target ≤ 0.5 × TRL's at no more seconds per step).
 
 Training seconds exclude evaluation on both sides and are wall time: sharpen's are its run
 store's `train_step_seconds` (each step's wall time minus its held-out evaluation: sampling,
 scoring, the update, checkpoints, bookkeeping); TRL's are the wall time between optimizer
-steps minus the callback's evaluations. On a shared machine pass `--threads 1`.
+steps minus the callback's evaluations. On a shared machine pass `--threads 1`: with two
+threads on busy cores, every small kernel waits for the slower thread (sharpen's update, many
+small kernels on this tiny model, slowed 30-fold in one such run; TRL's 6-fold).
 """
 
 from __future__ import annotations
@@ -368,6 +372,16 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None or b == 0 else a / b
 
 
+GOAL_TIME_RATIO = 0.5
+"""The goal (issue 12 point 13): sharpen's time to target at most this share of TRL's, at no
+more seconds per step."""
+
+
+def goal_met(time_ratio: Optional[float], step_ratio: Optional[float]) -> bool:
+    """Whether both ratios sharpen / TRL meet the goal (False when a side missed the target)."""
+    return time_ratio is not None and step_ratio is not None and time_ratio <= GOAL_TIME_RATIO and step_ratio <= 1.0
+
+
 def versions() -> dict:
     import transformers
     import trl
@@ -391,7 +405,8 @@ def quiet_libraries() -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--problems", type=int, default=200, help="held-out problems per evaluation")
-    p.add_argument("--every", type=int, default=5, help="evaluate every this many steps (both sides)")
+    p.add_argument("--every", type=int, default=2,
+                   help="evaluate every this many steps (both sides): the resolution of steps to target")
     p.add_argument("--lrs", default="1e-4,3e-4,1e-3",
                    help="learning rates to try on both sides, comma-separated (each side's best is compared)")
     p.add_argument("--max-steps", type=int, default=150, help="step cap of every run (both sides)")
@@ -444,10 +459,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     recipe = cfg.learner
     steps_note = f", --sharpen-steps replacing the quickstart's {RunConfig().steps}" if args.sharpen_steps else ""
-    sharpens = []
-    for lr in lrs:
+    base_point = EvalPoint(0, 0.0, b1, b8)
+    sharpens, trls = [], []
+    for lr in lrs:  # the two sides take turns, so that a change in the machine's load hits both
         print(f"\nsharpen: quickstart config at lr {lr:g} (default {recipe.lr:g}; {recipe.advantage}, "
-              f"{recipe.aggregation}, {recipe.minibatches} optimizer steps per batch), "
+              f"{recipe.aggregation}, {recipe.epochs} epochs × {recipe.minibatches} minibatches = "
+              f"{recipe.epochs * recipe.minibatches} optimizer steps per batch, {recipe.schedule} rate), "
               f"{cfg.steps} steps{steps_note} → {run_dir / f'lr{lr:g}'}")
         curve = run_sharpen(quickstart_config(args.problems, args.every, args.sharpen_steps, args.max_steps, lr),
                             run_dir / f"lr{lr:g}", target)
@@ -456,17 +473,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"  (of which sampling {d['gen_seconds_per_step']:.3f} and the learner update "
               f"{d['learner_seconds_per_step']:.3f} s per step)")
         sharpens.append(curve)
-    ours = best_curve(sharpens)
 
-    base_point = EvalPoint(0, 0.0, b1, b8)
-    trls = []
-    for lr in lrs:
         print(f"\nTRL GRPOTrainer: lr {lr:g}, β 0, {P} × {G} per step, cap {args.max_steps} steps")
         curve = run_trl(path, task, cfg, base_point, lr=lr, every=args.every, problems=args.problems,
                         max_steps=args.max_steps, target=target, out_dir=work)
         print_curve(curve, target)
         trls.append(curve)
-    best = best_curve(trls)
+    ours, best = best_curve(sharpens), best_curve(trls)
 
     t_ratio = ratio(ours.time_to_target, best.time_to_target)
     s_ratio = ratio(ours.seconds_per_step, best.seconds_per_step)
@@ -482,6 +495,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ]
     for name, a, b, r in rows:
         print(f"  {name:<22}{a:>14}{b:>14}{'-' if r is None else f'{r:.2f}':>13}")
+    met = goal_met(t_ratio, s_ratio)
+    print(f"  goal: time to target ≤ {GOAL_TIME_RATIO} × TRL's and seconds per step ≤ TRL's: "
+          f"{'met' if met else 'not met'}")
 
     figures = {
         "command": command, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -490,6 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "sharpen": [asdict(c) for c in sharpens], "sharpen_best_lr": ours.lr,
         "trl": [asdict(c) for c in trls], "trl_best_lr": best.lr,
         "ratio_time_to_target": t_ratio, "ratio_steps_to_target": ratio(*steps), "ratio_seconds_per_step": s_ratio,
+        "goal_met": met,
     }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
