@@ -377,9 +377,17 @@ GOAL_TIME_RATIO = 0.5
 more seconds per step."""
 
 
-def goal_met(time_ratio: Optional[float], step_ratio: Optional[float]) -> bool:
-    """Whether both ratios sharpen / TRL meet the goal (False when a side missed the target)."""
-    return time_ratio is not None and step_ratio is not None and time_ratio <= GOAL_TIME_RATIO and step_ratio <= 1.0
+def goal_met(time_ratio: Optional[float], *step_ratios: Optional[float]) -> bool:
+    """Whether the ratios sharpen / TRL meet the goal: time to target at most GOAL_TIME_RATIO,
+    every seconds-per-step ratio at most 1 (False when a side missed the target)."""
+    ratios = (time_ratio, *step_ratios)
+    return all(r is not None for r in ratios) and time_ratio <= GOAL_TIME_RATIO and all(r <= 1.0 for r in step_ratios)
+
+
+def seconds_per_step_to_target(curve: Curve) -> Optional[float]:
+    """Training seconds per step up to the target: a run's mean `seconds_per_step` also counts
+    the steps after it, which cost less once most groups are solved (their update is skipped)."""
+    return None if curve.time_to_target is None else curve.time_to_target / curve.step_to_target
 
 
 def versions() -> dict:
@@ -483,6 +491,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     t_ratio = ratio(ours.time_to_target, best.time_to_target)
     s_ratio = ratio(ours.seconds_per_step, best.seconds_per_step)
+    to_target = [seconds_per_step_to_target(c) for c in (ours, best)]
+    s_ratio_to_target = ratio(*to_target)
     print(f"\nsummary (each side at its best of lr {', '.join(f'{lr:g}' for lr in lrs)}: "
           f"sharpen {ours.lr:g}, TRL {best.lr:g})")
     print(f"  {'':<22}{'sharpen':>14}{'TRL':>14}{'sharpen/TRL':>13}")
@@ -491,13 +501,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         ("time to target", fmt_time(ours.time_to_target), fmt_time(best.time_to_target), t_ratio),
         ("steps to target", *("-" if n is None else str(n) for n in steps), ratio(*steps)),
         ("seconds per step", f"{ours.seconds_per_step:.3f}", f"{best.seconds_per_step:.3f}", s_ratio),
+        ("  up to the target", *("-" if x is None else f"{x:.3f}" for x in to_target), s_ratio_to_target),
         ("best pass@1", f"{ours.best_pass1:.3f}", f"{best.best_pass1:.3f}", None),
     ]
     for name, a, b, r in rows:
         print(f"  {name:<22}{a:>14}{b:>14}{'-' if r is None else f'{r:.2f}':>13}")
-    met = goal_met(t_ratio, s_ratio)
-    print(f"  goal: time to target ≤ {GOAL_TIME_RATIO} × TRL's and seconds per step ≤ TRL's: "
-          f"{'met' if met else 'not met'}")
+    met = goal_met(t_ratio, s_ratio, s_ratio_to_target)
+    print(f"  goal: time to target ≤ {GOAL_TIME_RATIO} × TRL's and seconds per step ≤ TRL's "
+          f"(over the run and up to the target): {'met' if met else 'not met'}")
 
     figures = {
         "command": command, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -506,7 +517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "sharpen": [asdict(c) for c in sharpens], "sharpen_best_lr": ours.lr,
         "trl": [asdict(c) for c in trls], "trl_best_lr": best.lr,
         "ratio_time_to_target": t_ratio, "ratio_steps_to_target": ratio(*steps), "ratio_seconds_per_step": s_ratio,
-        "goal_met": met,
+        "ratio_seconds_per_step_to_target": s_ratio_to_target, "goal_met": met,
     }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
