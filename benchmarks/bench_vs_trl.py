@@ -39,7 +39,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -190,9 +190,11 @@ def correctness_reward(task: Task, pool: Sequence[Problem]):
     return correctness, counts
 
 
-def target_callback(task: Task, tokenizer, *, every: int, problems: int, target: float):
+def target_callback(task: Task, tokenizer, *, every: int, problems: int, target: float,
+                    clock: Callable[[], float] = time.perf_counter):
     """A TrainerCallback: held-out pass@1 every `every` steps (and at the last), timed apart from
-    training; stops training once the target is reached."""
+    training by `clock` (wall time; `time.process_time` for CPU seconds); stops training once
+    the target is reached."""
     from transformers import TrainerCallback
 
     class HeldOutTarget(TrainerCallback):
@@ -204,10 +206,10 @@ def target_callback(task: Task, tokenizer, *, every: int, problems: int, target:
             self.points: list[EvalPoint] = []
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.resumed = time.perf_counter()
+            self.resumed = clock()
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            now = time.perf_counter()
+            now = clock()
             self.step_seconds.append(now - self.resumed)
             self.train_seconds += now - self.resumed
             step = state.global_step
@@ -220,7 +222,7 @@ def target_callback(task: Task, tokenizer, *, every: int, problems: int, target:
                 self.points.append(EvalPoint(step, self.train_seconds, pass1, pass8))
                 if pass1 >= target:
                     control.should_training_stop = True
-            self.resumed = time.perf_counter()
+            self.resumed = clock()
             self.eval_seconds += self.resumed - now
             return control
 
@@ -236,7 +238,8 @@ def no_checkpointing(config_class) -> dict:
 
 
 def run_trl(path: Path, task: Task, cfg: RunConfig, base_point: EvalPoint, *, lr: float, every: int,
-            problems: int, max_steps: int, target: float, out_dir: Path) -> Curve:
+            problems: int, max_steps: int, target: float, out_dir: Path,
+            clock: Callable[[], float] = time.perf_counter) -> Curve:
     """GRPOTrainer on the quickstart task: P problems × G completions per optimizer step."""
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -278,7 +281,7 @@ def run_trl(path: Path, task: Task, cfg: RunConfig, base_point: EvalPoint, *, lr
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    callback = target_callback(task, tokenizer, every=every, problems=problems, target=target)
+    callback = target_callback(task, tokenizer, every=every, problems=problems, target=target, clock=clock)
     trainer.add_callback(callback)
     trainer.train()
     details = {

@@ -3,7 +3,8 @@
 One `update` per batch of rollouts (METHODS.md §1):
     kept        scorable completions, in groups with ≥ MIN_SCORABLE of them    (P, G) bool
     advantages  A = estimator(rewards, mask=kept) · weighting(rewards)         (P, G), pure functions
-    for each epoch, for each minibatch of whole groups (kept completions only):
+    trained     the groups with a non-zero advantage (`trained_groups`; all kept ones with a KL term)
+    for each epoch, for each minibatch of the trained groups (kept completions only):
         ℓ = log π_T(y_t | x, y_<t)   at the sampling temperature T            (B, T)
         ℓ_μ = log μ(y_t | x, y_<t)   recorded at sampling (temperature, top-p) (B, T)
         loss = clipped_surrogate(ℓ, ℓ_μ, A, mask, …) [+ β·k3 KL to π_ref]
