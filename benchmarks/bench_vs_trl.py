@@ -11,15 +11,19 @@ One process, one run, figures printed (and with --json written). What it does:
      every --every steps;
   4. TRL: GRPOTrainer with the same group size, problems per step, β = 0, temperature 1,
      one generation and one optimizer step per batch, for each --lrs; a callback evaluates
-     with the same evaluator every --every steps and stops at the target;
+     with the same evaluator every --every steps and stops at the target (3 and 4 take
+     turns, one rate at a time);
   5. sampling speed of sharpen's rollout generation against a bare `model.generate`;
   6. each side at its best rate of the same grid (the earliest to the target): time and steps
-     to target, seconds per step, and their ratios sharpen / TRL.
+     to target, seconds per step, their ratios sharpen / TRL, and whether they meet the goal
+     (time to target ≤ 0.5 × TRL's at no more seconds per step).
 
 Training seconds exclude evaluation on both sides and are wall time: sharpen's are its run
 store's `train_step_seconds` (each step's wall time minus its held-out evaluation: sampling,
 scoring, the update, checkpoints, bookkeeping); TRL's are the wall time between optimizer
-steps minus the callback's evaluations. On a shared machine pass `--threads 1`.
+steps minus the callback's evaluations. On a shared machine pass `--threads 1`: with two
+threads on busy cores, every small kernel waits for the slower thread (sharpen's update, many
+small kernels on this tiny model, slowed 30-fold in one such run; TRL's 6-fold).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -186,9 +190,11 @@ def correctness_reward(task: Task, pool: Sequence[Problem]):
     return correctness, counts
 
 
-def target_callback(task: Task, tokenizer, *, every: int, problems: int, target: float):
+def target_callback(task: Task, tokenizer, *, every: int, problems: int, target: float,
+                    clock: Callable[[], float] = time.perf_counter):
     """A TrainerCallback: held-out pass@1 every `every` steps (and at the last), timed apart from
-    training; stops training once the target is reached."""
+    training by `clock` (wall time; `time.process_time` for CPU seconds); stops training once
+    the target is reached."""
     from transformers import TrainerCallback
 
     class HeldOutTarget(TrainerCallback):
@@ -200,10 +206,10 @@ def target_callback(task: Task, tokenizer, *, every: int, problems: int, target:
             self.points: list[EvalPoint] = []
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.resumed = time.perf_counter()
+            self.resumed = clock()
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            now = time.perf_counter()
+            now = clock()
             self.step_seconds.append(now - self.resumed)
             self.train_seconds += now - self.resumed
             step = state.global_step
@@ -216,7 +222,7 @@ def target_callback(task: Task, tokenizer, *, every: int, problems: int, target:
                 self.points.append(EvalPoint(step, self.train_seconds, pass1, pass8))
                 if pass1 >= target:
                     control.should_training_stop = True
-            self.resumed = time.perf_counter()
+            self.resumed = clock()
             self.eval_seconds += self.resumed - now
             return control
 
@@ -232,7 +238,8 @@ def no_checkpointing(config_class) -> dict:
 
 
 def run_trl(path: Path, task: Task, cfg: RunConfig, base_point: EvalPoint, *, lr: float, every: int,
-            problems: int, max_steps: int, target: float, out_dir: Path) -> Curve:
+            problems: int, max_steps: int, target: float, out_dir: Path,
+            clock: Callable[[], float] = time.perf_counter) -> Curve:
     """GRPOTrainer on the quickstart task: P problems × G completions per optimizer step."""
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -274,7 +281,7 @@ def run_trl(path: Path, task: Task, cfg: RunConfig, base_point: EvalPoint, *, lr
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    callback = target_callback(task, tokenizer, every=every, problems=problems, target=target)
+    callback = target_callback(task, tokenizer, every=every, problems=problems, target=target, clock=clock)
     trainer.add_callback(callback)
     trainer.train()
     details = {
@@ -368,6 +375,24 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None or b == 0 else a / b
 
 
+GOAL_TIME_RATIO = 0.5
+"""The goal (issue 12 point 13): sharpen's time to target at most this share of TRL's, at no
+more seconds per step."""
+
+
+def goal_met(time_ratio: Optional[float], *step_ratios: Optional[float]) -> bool:
+    """Whether the ratios sharpen / TRL meet the goal: time to target at most GOAL_TIME_RATIO,
+    every seconds-per-step ratio at most 1 (False when a side missed the target)."""
+    ratios = (time_ratio, *step_ratios)
+    return all(r is not None for r in ratios) and time_ratio <= GOAL_TIME_RATIO and all(r <= 1.0 for r in step_ratios)
+
+
+def seconds_per_step_to_target(curve: Curve) -> Optional[float]:
+    """Training seconds per step up to the target: a run's mean `seconds_per_step` also counts
+    the steps after it, which cost less once most groups are solved (their update is skipped)."""
+    return None if curve.time_to_target is None else curve.time_to_target / curve.step_to_target
+
+
 def versions() -> dict:
     import transformers
     import trl
@@ -391,7 +416,8 @@ def quiet_libraries() -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--problems", type=int, default=200, help="held-out problems per evaluation")
-    p.add_argument("--every", type=int, default=5, help="evaluate every this many steps (both sides)")
+    p.add_argument("--every", type=int, default=2,
+                   help="evaluate every this many steps (both sides): the resolution of steps to target")
     p.add_argument("--lrs", default="1e-4,3e-4,1e-3",
                    help="learning rates to try on both sides, comma-separated (each side's best is compared)")
     p.add_argument("--max-steps", type=int, default=150, help="step cap of every run (both sides)")
@@ -444,10 +470,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     recipe = cfg.learner
     steps_note = f", --sharpen-steps replacing the quickstart's {RunConfig().steps}" if args.sharpen_steps else ""
-    sharpens = []
-    for lr in lrs:
+    base_point = EvalPoint(0, 0.0, b1, b8)
+    sharpens, trls = [], []
+    for lr in lrs:  # the two sides take turns, so that a change in the machine's load hits both
         print(f"\nsharpen: quickstart config at lr {lr:g} (default {recipe.lr:g}; {recipe.advantage}, "
-              f"{recipe.aggregation}, {recipe.minibatches} optimizer steps per batch), "
+              f"{recipe.aggregation}, {recipe.epochs} epochs × {recipe.minibatches} minibatches = "
+              f"{recipe.epochs * recipe.minibatches} optimizer steps per batch, {recipe.schedule} rate), "
               f"{cfg.steps} steps{steps_note} → {run_dir / f'lr{lr:g}'}")
         curve = run_sharpen(quickstart_config(args.problems, args.every, args.sharpen_steps, args.max_steps, lr),
                             run_dir / f"lr{lr:g}", target)
@@ -456,20 +484,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"  (of which sampling {d['gen_seconds_per_step']:.3f} and the learner update "
               f"{d['learner_seconds_per_step']:.3f} s per step)")
         sharpens.append(curve)
-    ours = best_curve(sharpens)
 
-    base_point = EvalPoint(0, 0.0, b1, b8)
-    trls = []
-    for lr in lrs:
         print(f"\nTRL GRPOTrainer: lr {lr:g}, β 0, {P} × {G} per step, cap {args.max_steps} steps")
         curve = run_trl(path, task, cfg, base_point, lr=lr, every=args.every, problems=args.problems,
                         max_steps=args.max_steps, target=target, out_dir=work)
         print_curve(curve, target)
         trls.append(curve)
-    best = best_curve(trls)
+    ours, best = best_curve(sharpens), best_curve(trls)
 
     t_ratio = ratio(ours.time_to_target, best.time_to_target)
     s_ratio = ratio(ours.seconds_per_step, best.seconds_per_step)
+    to_target = [seconds_per_step_to_target(c) for c in (ours, best)]
+    s_ratio_to_target = ratio(*to_target)
     print(f"\nsummary (each side at its best of lr {', '.join(f'{lr:g}' for lr in lrs)}: "
           f"sharpen {ours.lr:g}, TRL {best.lr:g})")
     print(f"  {'':<22}{'sharpen':>14}{'TRL':>14}{'sharpen/TRL':>13}")
@@ -478,10 +504,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         ("time to target", fmt_time(ours.time_to_target), fmt_time(best.time_to_target), t_ratio),
         ("steps to target", *("-" if n is None else str(n) for n in steps), ratio(*steps)),
         ("seconds per step", f"{ours.seconds_per_step:.3f}", f"{best.seconds_per_step:.3f}", s_ratio),
+        ("  up to the target", *("-" if x is None else f"{x:.3f}" for x in to_target), s_ratio_to_target),
         ("best pass@1", f"{ours.best_pass1:.3f}", f"{best.best_pass1:.3f}", None),
     ]
     for name, a, b, r in rows:
         print(f"  {name:<22}{a:>14}{b:>14}{'-' if r is None else f'{r:.2f}':>13}")
+    met = goal_met(t_ratio, s_ratio, s_ratio_to_target)
+    print(f"  goal: time to target ≤ {GOAL_TIME_RATIO} × TRL's and seconds per step ≤ TRL's "
+          f"(over the run and up to the target): {'met' if met else 'not met'}")
 
     figures = {
         "command": command, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -490,6 +520,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "sharpen": [asdict(c) for c in sharpens], "sharpen_best_lr": ours.lr,
         "trl": [asdict(c) for c in trls], "trl_best_lr": best.lr,
         "ratio_time_to_target": t_ratio, "ratio_steps_to_target": ratio(*steps), "ratio_seconds_per_step": s_ratio,
+        "ratio_seconds_per_step_to_target": s_ratio_to_target, "goal_met": met,
     }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

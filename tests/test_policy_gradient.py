@@ -270,7 +270,8 @@ def test_topr_tapers_negative_samples_drawn_off_policy(tiny_policy):
     positive = torch.tensor([v >= 0.5 for _, _, v in rows])
     expected = torch.where(positive, 1.0, log_ratio.clamp(max=0).exp())  # (B,)
     assert bool((expected[~positive] < 0.99).any())  # the samples are off-policy: truncation acts
-    pg = learner(reward, tiny_policy, temperature=T, advantage="grpo", weighting="topr")
+    pg = learner(reward, tiny_policy, temperature=T, advantage="grpo", weighting="topr",
+                 skip_zero_advantage=False)  # every group's weights, all-equal ones too
     diag = pg.update(rollouts)
     assert diag["sample_weight_mean"] == pytest.approx(expected.mean().item(), abs=1e-4)
     assert diag["ratio_mean"] != pytest.approx(1.0, abs=1e-3)  # the PPO ratio sees the staleness too

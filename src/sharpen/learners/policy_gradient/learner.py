@@ -3,7 +3,8 @@
 One `update` per batch of rollouts (METHODS.md §1):
     kept        scorable completions, in groups with ≥ MIN_SCORABLE of them    (P, G) bool
     advantages  A = estimator(rewards, mask=kept) · weighting(rewards)         (P, G), pure functions
-    for each epoch, for each minibatch of whole groups (kept completions only):
+    trained     the groups with a non-zero advantage (`trained_groups`; all kept ones with a KL term)
+    for each epoch, for each minibatch of the trained groups (kept completions only):
         ℓ = log π_T(y_t | x, y_<t)   at the sampling temperature T            (B, T)
         ℓ_μ = log μ(y_t | x, y_<t)   recorded at sampling (temperature, top-p) (B, T)
         loss = clipped_surrogate(ℓ, ℓ_μ, A, mask, …) [+ β·k3 KL to π_ref]
@@ -63,15 +64,23 @@ class PolicyGradientConfig(TrainingConfig):
         "cosine", description="Learning-rate decay after warm-up, over the run's steps (cosine: the quickstart ended at "
                               "pass@1 0.99 with it, 0.75-0.92 with a constant rate at 4 minibatches; README)."
     )
-    epochs: int = Field(1, ge=1, description="Passes over each batch of rollouts.")
+    epochs: int = Field(
+        3, ge=1, description="Passes over each batch of rollouts, each an optimizer step per minibatch (PPO's epochs, "
+                             "the clipped ratio bounding how far they move; 3 whole-batch passes reached the "
+                             "quickstart's held-out target in fewer steps than 4 minibatches, benchmarks/README.md)."
+    )
     minibatches: int = Field(
-        4, ge=1, description="Optimizer steps per epoch, each on its share of the groups (PPO/DAPO minibatches; "
-                             "4 reached the quickstart's held-out target in fewer steps than 1, benchmarks/README.md)."
+        1, ge=1, description="Optimizer steps per epoch, each on its share of the groups (PPO/DAPO minibatches)."
     )
     eps_low: float = Field(0.2, description="Lower clip range ε_low of the ratio.")
     eps_high: float = Field(0.2, description="Upper clip range ε_high (0.28 = DAPO's clip-higher).")
     aggregation: Literal["token_mean", "seq_mean", "constant"] = Field(
         "token_mean", description="Token-loss aggregation: token_mean (DAPO), seq_mean (GRPO), constant (Dr. GRPO)."
+    )
+    skip_zero_advantage: bool = Field(
+        True, description="Leave groups whose advantages are all 0 out of the update (they add nothing to the policy "
+                          "gradient; the token mean is then over the groups that do, as with DAPO's dynamic sampling). "
+                          "Ignored with kl_coef > 0, where every group carries the KL term."
     )
     kl_coef: float = Field(0.0, ge=0, description="β of the k3 KL penalty to the frozen initial model (0 = none).")
     tis_cap: Optional[float] = Field(
@@ -126,6 +135,17 @@ def scorable_mask(rollouts: list[Rollout], min_scorable: int = MIN_SCORABLE) -> 
     for i, r in enumerate(rollouts):
         keep[i, list(r.unscorable)] = False
     return keep & (keep.sum(dim=1, keepdim=True) >= min_scorable)  # (P, G)
+
+
+def trained_groups(advantages: torch.Tensor, keep: torch.Tensor, skip_zero_advantage: bool) -> list[int]:
+    """Indices of the groups an update trains on: those with a kept completion and, with
+    `skip_zero_advantage`, a non-zero advantage among them (a group whose advantages are all 0,
+    e.g. all right or all wrong under a group baseline, adds exactly 0 to the policy-gradient
+    term, so leaving it out saves its forward and backward pass)."""
+    trained = keep.any(dim=1)  # (P,)
+    if skip_zero_advantage:
+        trained &= ((advantages != 0) & keep).any(dim=1)  # (P,)
+    return trained.nonzero().flatten().tolist()
 
 
 class PolicyGradient:
@@ -206,9 +226,9 @@ class PolicyGradient:
         weight_args = accepted_options(weighting, lam=self.cfg.weighting_lambda)
         if takes_range(weighting):
             weight_args.update(reward_range(self.reward.range, f"the reward {self.reward.weights}"))
-        P = len(rollouts)
-        chunks = [list(range(P))[i :: self.cfg.minibatches] for i in range(self.cfg.minibatches)]
-        chunks = [c for c in chunks if c and bool(keep[c].any())]
+        groups = trained_groups(advantages, keep, self.cfg.skip_zero_advantage and self.reference is None)
+        chunks = [groups[i :: self.cfg.minibatches] for i in range(self.cfg.minibatches)]
+        chunks = [c for c in chunks if c]
         sums: dict[str, float] = {}
         tokens = 0
         prox = [self.proximal_logprobs([rollouts[i] for i in c], keep[c]) for c in chunks] if self.cfg.tis_cap else None
@@ -228,7 +248,8 @@ class PolicyGradient:
         seconds = time.perf_counter() - start
         out.update(advantage_abs_mean=advantages[keep].abs().mean().item() if bool(keep.any()) else 0.0,
                    unscorable=float(sum(len(r.unscorable) for r in rollouts)),
-                   left_out_frac=1.0 - keep.float().mean().item(), update_seconds=seconds,
+                   left_out_frac=1.0 - keep.float().mean().item(),
+                   trained_group_frac=len(groups) / max(1, len(rollouts)), update_seconds=seconds,
                    train_tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
         return out
 
