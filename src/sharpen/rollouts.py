@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
 from sharpen.models.base import Completion, SamplingParams
+from sharpen.signals.base import Spans
 from sharpen.signals.reward import Reward
 from sharpen.tasks.base import Problem
 
@@ -30,6 +31,9 @@ class Rollout:
     unscorable: tuple[int, ...] = ()
     """Indices of the completions a weighted component could not score (`RewardResult.scorable`):
     their `rewards` entry is not a reward, and learners leave them out."""
+    spans: list[Spans] = field(default_factory=list)
+    """Each completion's total reward as weighted character spans (`RewardResult.spans`), what a
+    token-level advantage estimator places on tokens."""
 
 
 @dataclass
@@ -71,6 +75,7 @@ class InProcessProducer:
                 rewards=list(result.total[i]),
                 components={name: list(values[i]) for name, values in result.components.items()},
                 unscorable=tuple(j for j, ok in enumerate(result.scorable[i]) if not ok),
+                spans=list(result.spans[i]),
             )
             for i, (p, g) in enumerate(zip(problems, groups))
         ]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from sharpen.models.formats import JUDGE_NO, JUDGE_YES, PAIRWISE_FIRST, PAIRWISE_SECOND
 from sharpen.signals.base import ScoringPolicy, Signal, SignalOptionError, UnknownSignalError, require_policy
 from sharpen.signals.confidence import SCORING, Likelihood, SelfCertainty
+from sharpen.signals.facts import build_fact_feedback
 from sharpen.signals.judge import JUDGING, PairwiseJudge, SelfJudge
 from sharpen.signals.majority import MajorityVote
 from sharpen.signals.user import UserFunction, is_function_spec, load_reward_function
@@ -66,6 +67,7 @@ SIGNALS: dict[str, SignalFactory] = {
     "likelihood": likelihood,
     "self_judge": self_judge,
     "pairwise_judge": pairwise_judge,
+    "fact_feedback": build_fact_feedback,
 }
 
 

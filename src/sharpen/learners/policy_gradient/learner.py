@@ -3,6 +3,7 @@
 One `update` per batch of rollouts (METHODS.md §1):
     kept        scorable completions, in groups with ≥ MIN_SCORABLE of them    (P, G) bool
     advantages  A = estimator(rewards, mask=kept) · weighting(rewards)         (P, G), pure functions
+                (a token-level estimator, `process_grpo`: the reward's spans on tokens → (P, G, T))
     for each epoch, for each minibatch of whole groups (kept completions only):
         ℓ = log π_T(y_t | x, y_<t)   at the sampling temperature T            (B, T)
         ℓ_μ = log μ(y_t | x, y_<t)   recorded at sampling (temperature, top-p) (B, T)
@@ -25,8 +26,10 @@ from pydantic import Field, field_validator
 
 from sharpen.config import ConfigModel
 from sharpen.learners.policy_gradient.advantages import (
-    DECOMPOSED_ESTIMATORS, MIN_GROUP_SIZE, get_advantage_estimator, get_sample_weighting,
+    DECOMPOSED_ESTIMATORS, MIN_GROUP_SIZE, TOKEN_ADVANTAGE_ESTIMATORS, get_advantage_estimator,
+    get_sample_weighting, get_token_advantage_estimator,
 )
+from sharpen.learners.policy_gradient.token_rewards import step_reward_tensors
 from sharpen.learners.base import (
     LearnerContext, StepOutput, accepted_options, adamw, batch_metrics, batch_records, behaviour_logprobs,
     optimizer_step, reference_logprobs, step_seed,
@@ -46,7 +49,8 @@ class PolicyGradientConfig(ConfigModel):
 
     kind: Literal["policy_gradient"] = Field("policy_gradient", description="Which learner this is.")
     advantage: str = Field(
-        "grpo", description="Advantage estimator: reinforce, rloo, grpo, dr_grpo, bnpo or signed."
+        "grpo", description="Advantage estimator: reinforce, rloo, grpo, dr_grpo, bnpo or signed (one per completion), "
+                            "or process_grpo (per token, from the reward's spans: RLFH, process rewards)."
     )
     weighting: str = Field("none", description="Sample weighting on top: none, psr, nsr, w_reinforce or topr.")
     weighting_lambda: float = Field(0.1, description="λ of w_reinforce (weight of positive samples).")
@@ -76,7 +80,8 @@ class PolicyGradientConfig(ConfigModel):
     @field_validator("advantage")
     @classmethod
     def known_advantage(cls, name: str) -> str:
-        get_advantage_estimator(name)  # a ValueError that lists the registered names
+        if name not in TOKEN_ADVANTAGE_ESTIMATORS:
+            get_advantage_estimator(name)  # a ValueError that lists the registered names
         return name
 
     @field_validator("weighting")
@@ -138,7 +143,10 @@ class PolicyGradient:
     """Updates an HFPolicy's model from scored rollouts."""
 
     def __init__(self, ctx: LearnerContext, cfg: PolicyGradientConfig) -> None:
-        get_advantage_estimator(cfg.advantage)  # fail at set-up on bad names, not mid-run
+        self.token_level = cfg.advantage in TOKEN_ADVANTAGE_ESTIMATORS
+        """Advantages per token ((P, G, T), from the reward's spans) instead of per completion."""
+        if not self.token_level:
+            get_advantage_estimator(cfg.advantage)  # fail at set-up on bad names, not mid-run
         get_sample_weighting(cfg.weighting)
         get_loss_aggregation(cfg.aggregation)
         self.ctx = ctx
@@ -174,17 +182,21 @@ class PolicyGradient:
 
     def check_ranges(self) -> None:
         """Fail at set-up, not mid-run, when a ranged estimator or weighting lacks a known range."""
-        estimator, weighting = get_advantage_estimator(self.cfg.advantage), get_sample_weighting(self.cfg.weighting)
+        weighting = get_sample_weighting(self.cfg.weighting)
+        ranged = not self.token_level and takes_range(get_advantage_estimator(self.cfg.advantage))
         for name in self.decomposed_names():
             reward_range(self.reward.ranges[name], f"reward component {name!r}")
-        if (takes_range(estimator) and not self.decomposed_names()) or takes_range(weighting):
+        if (ranged and not self.decomposed_names()) or takes_range(weighting):
             reward_range(self.reward.range, f"the reward {self.reward.weights}")
 
     def advantages(self, rollouts: list[Rollout]) -> torch.Tensor:
-        """(P, G) advantages of the batch, before sample weighting; 0 for completions left out
-        (`scorable_mask`)."""
-        rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
+        """(P, G) advantages of the batch, or (P, G, T) from a token-level estimator, before
+        sample weighting; 0 for completions left out (`scorable_mask`)."""
         keep = scorable_mask(rollouts)  # (P, G)
+        if self.token_level:
+            step_rewards, steps = step_reward_tensors(rollouts, self.policy.tokenizer)  # (P, G, T), (P, G, T)
+            return get_token_advantage_estimator(self.cfg.advantage)(step_rewards, steps, mask=keep)  # (P, G, T)
+        rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         names = self.decomposed_names()
         if names:
             parts = torch.tensor(
@@ -206,7 +218,7 @@ class PolicyGradient:
         """One batch of rollouts → epochs × minibatches optimizer steps; returns diagnostics."""
         start = time.perf_counter()
         keep = scorable_mask(rollouts)  # (P, G)
-        advantages = self.advantages(rollouts).float()  # (P, G)
+        advantages = self.advantages(rollouts).float()  # (P, G) or (P, G, T)
         rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         weighting = get_sample_weighting(self.cfg.weighting)
         weight_args = accepted_options(weighting, lam=self.cfg.weighting_lambda)
@@ -238,8 +250,9 @@ class PolicyGradient:
         return out
 
     def minibatch_step(self, rollouts, advantages, rewards, keep, weighting, weight_args) -> dict[str, float]:
-        """One optimizer step on the kept completions of some groups: advantages, rewards, keep
-        (p, G); the importance ratios are to the behaviour policy μ the tokens were drawn from."""
+        """One optimizer step on the kept completions of some groups: advantages (p, G) or
+        (p, G, T), rewards and keep (p, G); the importance ratios are to the behaviour policy μ
+        the tokens were drawn from."""
         where = keep.nonzero().tolist()  # (B, 2) the kept completions' (group, index)
         completions = [rollouts[i].completions[j] for i, j in where]
         prompt_ids = [rollouts[i].prompt_ids for i, _ in where]
@@ -251,7 +264,8 @@ class PolicyGradient:
         seq_now = (logp.detach() * mask).sum(-1)  # (B,) log π(y)
         seq_old = (old * mask).sum(-1)  # (B,) log μ(y)
         w = weighting(rewards[keep], policy_logprobs=seq_now, behaviour_logprobs=seq_old, **weight_args)  # (B,)
-        adv = advantages[keep] * w.to(advantages.dtype)  # (B,)
+        adv = advantages[keep]  # (B,) or (B, T_batch) per token
+        adv = adv[:, :T] * w.to(adv.dtype)[:, None] if adv.dim() == 2 else adv * w.to(adv.dtype)  # (B,) / (B, T)
         ref = None
         if self.reference is not None:
             ref = reference_logprobs(self.policy, self.reference, prompt_ids, completion_ids)[:, :T]
