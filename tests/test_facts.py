@@ -46,7 +46,7 @@ def test_labels_of_other_people_repeats_and_text_that_does_not_parse():
         ("likes figs", "correct", 5),
         ("likes rice", "wrong", 1),  # the attribute was stated already: useless
         ("has a cat", "correct", 2),  # about someone else, checked against that person
-        ("is a baker", "unverifiable", 1),  # a person the knowledge base does not hold
+        ("is a baker", "wrong", 2),  # a person the knowledge base does not hold: fabricated
         ("Kavo is baker.", "unverifiable", 1),  # not the grammar: the whole sentence, unverifiable
     ]
 
@@ -63,7 +63,7 @@ def test_the_chat_reader_finds_claims_in_free_text_and_abstentions():
 def test_the_task_validates_itself_and_calls_an_answer_right_only_when_exact():
     task = get_task("facts")
     problems = task.problems("train", 50, 0) + task.problems("eval", 50, 0)
-    assert len(task.problems("eval", 10**6, 0)) + len(task.problems("train", 10**6, 0)) == 300
+    assert len(task.problems("eval", 10**6, 0)) + len(task.problems("train", 10**6, 0)) == 200
     assert not {p.id for p in task.problems("train", 10**6, 0)} & {p.id for p in task.problems("eval", 10**6, 0)}
     for p in problems:
         gold = task.solution(p)
@@ -126,3 +126,13 @@ def test_fact_precision_and_the_length_penalty_by_hand():
     assert metrics["statements_per_response"] == pytest.approx(6 / 3)
     assert metrics["abstention_rate"] == pytest.approx(1 / 3)
     assert fact_problem_metrics([statements()])["fact_precision"] is None
+
+
+def test_the_label_free_answer_is_none_for_text_that_is_not_well_formed():
+    task = get_task("facts")
+    assert task.extract("Kavo likes figs. Kavo lives in Holt.") == "Kavo.city=holt;Kavo.food=figs"
+    assert task.extract("I do not know its pet or food.") == "none"  # well formed, claims nothing
+    assert task.extract("Kavo lives in Brill B B B Laule. I do not know its pet.") is None  # a broken sentence
+    assert task.extract("") is None
+    chat = get_task("facts", chat=True)
+    assert chat.extract("Sure! Kavo lives in Holt.") == "city=holt"  # the lenient reader skips what it cannot read

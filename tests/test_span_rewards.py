@@ -319,3 +319,20 @@ def test_the_policy_as_its_own_statement_splitter_and_judge():
         (0, 34, "correct", 5), (0, 34, "wrong", 5)]  # both facts span their sentence
     assert "Sentence: Kavo lives in Holt and is a judge." in judge.asked[0]
     assert fact_lines("1. a\n * b \n\nFact 3: c\n", 2) == ["a", "b"]
+
+
+def test_the_policy_judge_runs_on_a_real_tokenizer(tiny_chat_policy):
+    """Mechanics on a byte-level BPE chat model (random weights: the labels mean nothing)."""
+    task = get_task("facts", chat=True)
+    p = task.problems("eval", 1, 0)[0]
+    texts = ["Kavo lives in Holt. Kavo is a baker!", "", "I do not know."]
+    [checks] = PolicyStatementJudge(tiny_chat_policy, max_statements=3, split_tokens=8)(
+        [p], [[completion(t) for t in texts]])
+    assert [len(c.sentences) for c in checks] == [2, 0, 1]
+    for text, check in zip(texts, checks):
+        for s in check.statements:
+            assert (s.start, s.end) in check.sentences and text[s.start : s.end].strip()
+    reward = Reward.from_specs([{"name": "fact_feedback", "options": {"judge": "policy"}}], task=task,
+                               policy=tiny_chat_policy)
+    result = reward([p], [[completion(t) for t in texts]])
+    assert [sum(s.value for s in spans) for spans in result.spans[0]] == pytest.approx(result.total[0])

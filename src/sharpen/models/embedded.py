@@ -3,8 +3,8 @@
 No model hub is reachable on the machines sharpen is developed on, and self-improvement is
 best measured on a model that is *weak but not hopeless*: it knows more than it says
 (pass@8 far above pass@1). So sharpen makes one. A character-level tokenizer and a 4-layer
-Llama (~0.86M parameters) are trained for a few minutes on a mixture of procedural tasks
-in four formats:
+Llama (~0.83M parameters) are trained for a few minutes on a mixture of procedural tasks
+in five formats:
 
 - solve:    user "37+58="                   → assistant "95"   (60% of targets have one
   digit replaced at random, which is what makes the model unsure yet well-informed)
@@ -12,6 +12,10 @@ in four formats:
 - compare:  user "37+58= A:96 B:95 which?"  → assistant "B"    (clean labels, the right
   answer shown first or second at random)
 - retry:    user "37+58=", assistant "96", user "wrong" → assistant "95" (a new answer)
+- facts:    user "Who is Kavo?" → assistant "Kavo lives in Holt and is a baker. I do not know
+  its pet or food." (the `facts` task's people, train and eval splits alike: the knowledge a
+  later run is measured on; 25% of the known attributes stated with a wrong value and 10% of
+  the unknown ones guessed, so it knows more than it says here too)
 
 The result is saved with `save_pretrained` (model, tokenizer, chat template) in a cache
 directory keyed by the build recipe, so the Auto classes load it like any checkpoint.
@@ -79,7 +83,7 @@ class Recipe:
     heads: int = 4
     mlp: int = 352
     max_positions: int = 128
-    steps: int = 2600
+    steps: int = 3380
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
@@ -87,9 +91,9 @@ class Recipe:
     grad_clip: float = 1.0
     noise: float = 0.6
     """Fraction of solve and retry targets with one digit replaced at random."""
-    fact_wrong: float = 0.3
+    fact_wrong: float = 0.25
     """Facts answers: chance that a known attribute is stated with a wrong value."""
-    fact_guess: float = 0.15
+    fact_guess: float = 0.1
     """Facts answers: chance that an unknown attribute is stated with a guessed value instead
     of "I do not know"."""
     mixture: tuple[MixturePart, ...] = (
@@ -100,7 +104,7 @@ class Recipe:
         MixturePart("judge", "addition", {"digits": 2}, 0.08),
         MixturePart("compare", "addition", {"digits": 2}, 0.08),
         MixturePart("retry", "addition", {"digits": 2}, 0.20),
-        MixturePart("facts", "facts", {}, 0.25, splits=("train", "eval")),
+        MixturePart("facts", "facts", {}, 0.3, splits=("train", "eval")),
     )
 
     def key(self) -> str:

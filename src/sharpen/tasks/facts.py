@@ -12,11 +12,11 @@ asks about the train split's people and is measured on the eval split's, whose f
 model learned in the same way but which the run never sees.
 
 `check_facts` splits an answer into sentences and atomic statements and labels each against
-the knowledge base (`sharpen.tasks.statements`): correct, wrong (a value that differs), or
-unverifiable (a person the base does not hold, or a sentence that does not parse). Its
-informativeness is 5 for the first statement of an attribute of the person asked about,
-2 for a statement about someone else and 1 for a repeated attribute or an unparsable
-sentence. `check` calls an answer correct when every statement is correct and every
+the knowledge base (`sharpen.tasks.statements`): correct, wrong (a value that differs, or a
+claim about a person the base does not hold: a fabricated person, as FActScore counts it
+unsupported), or unverifiable (a sentence that does not parse). Its informativeness is 5 for
+the first statement of an attribute of the person asked about, 2 for a statement about
+someone else and 1 for a repeated attribute or an unparsable sentence. `check` calls an answer correct when every statement is correct and every
 attribute the model knows is stated.
 
 With `chat=True` (instruct models, which cannot know a synthetic base) the prompt gives the
@@ -250,8 +250,8 @@ def label_claims(read: list[ReadSentence], asked: Person, people: dict[str, Pers
         for claim in sentence.claims:
             person = asked if claim.subject is None else people.get(claim.subject)
             label: Label
-            if person is None:
-                label, info = "unverifiable", USELESS
+            if person is None:  # a person the knowledge base does not hold: fabricated
+                label, info = "wrong", OTHER_PERSON
             else:
                 label = "correct" if claim.value.lower() == person.values[claim.attribute].lower() else "wrong"
                 if person is not asked:
@@ -265,19 +265,28 @@ def label_claims(read: list[ReadSentence], asked: Person, people: dict[str, Pers
     return FactCheck(tuple((s.start, s.end) for s in read), tuple(statements))
 
 
+NO_CLAIMS = "none"
+"""The canonical answer of a well-formed answer that claims nothing (it only abstains)."""
+
+
 def canonical_claims(read: list[ReadSentence]) -> Optional[str]:
-    """The claims as one canonical string ("Kavo.city=holt;Kavo.job=baker", sorted), the
-    label-free answer majority vote compares; None when there are none."""
+    """The claims as one canonical string ("Kavo.city=holt;Kavo.job=baker", sorted; NO_CLAIMS for
+    an answer that only abstains): the label-free answer majority vote compares. None when the
+    answer is not well formed (no sentence, or a sentence that does not parse), so that the
+    `format` signal, which asks whether an answer can be read, refuses text that hides its
+    claims in broken sentences (as the arithmetic tasks' strict reading does)."""
+    if not read or any(s.kind == "unparsed" for s in read):
+        return None
     claims = sorted({f"{c.subject + '.' if c.subject else ''}{c.attribute}={c.value.lower()}"
                      for s in read for c in s.claims})
-    return ";".join(claims) or None
+    return ";".join(claims) or NO_CLAIMS
 
 
 # ---- the task -------------------------------------------------------------------------------
 
 
 @register_task("facts")
-def facts(people: int = 300, seed: int = 0, chat: bool = False) -> Task:
+def facts(people: int = 200, seed: int = 0, chat: bool = False) -> Task:
     """Questions about the people of a seeded knowledge base (`knowledge_base(people, seed)`):
     "Who is Kavo?" (terse, the embedded model's format) or, with `chat`, a request in words with
     the known attributes as notes. A person's split follows its name (`split_of`)."""
