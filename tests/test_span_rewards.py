@@ -336,3 +336,21 @@ def test_the_policy_judge_runs_on_a_real_tokenizer(tiny_chat_policy):
                                policy=tiny_chat_policy)
     result = reward([p], [[completion(t) for t in texts]])
     assert [sum(s.value for s in spans) for spans in result.spans[0]] == pytest.approx(result.total[0])
+
+
+def test_a_user_function_may_return_span_rewards(tmp_path):
+    (tmp_path / "mine.py").write_text(
+        "def first_char(prompts, completions, **kw):\n"
+        "    return [[(0, 1, 1.0), (0, len(c), -0.25)] if c else None for c in completions]\n"
+        "def mixed(prompts, completions, **kw):\n"
+        "    return [1.0, [(0, 1, 1.0)]]\n"
+        "def broken(prompts, completions, **kw):\n"
+        "    return [[(2, 1, 1.0)], [(0, 1)]]\n"
+    )
+    problems, groups = [Problem("p", "q")], [[completion("ab"), completion("")]]
+    signal = build_signal(f"{tmp_path}/mine.py:first_char", task=get_task("addition"), user_code=True)
+    out = signal(problems, groups)
+    assert out.spans == [[(Span(0, 1, 1.0), Span(0, 2, -0.25)), None]] and out.scalars() == [[0.75, None]]
+    for name, message in (("mixed", "floats for some completions and span lists"), ("broken", "0 <= start < end")):
+        with pytest.raises(Exception, match=message):
+            build_signal(f"{tmp_path}/mine.py:{name}", task=get_task("addition"), user_code=True)(problems, groups)
