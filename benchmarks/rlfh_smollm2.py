@@ -11,7 +11,7 @@ Two parts, both on the `facts` task in its chat form (the known attributes given
 2. A short RLFH run (examples/smollm2_rlfh.yaml: fact_feedback by the policy, process-supervised
    GRPO) and the held-out fact metrics before and after, with 95% intervals.
 
-    python benchmarks/rlfh_smollm2.py --problems 20 --samples 4 --steps 10
+    python benchmarks/rlfh_smollm2.py --problems 20 --samples 4 --steps 10 [--threads 1]
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+
+import torch
 
 from sharpen.config import load_config
 from sharpen.evaluation.facts import FACT_METRICS, fact_precision
@@ -57,8 +59,9 @@ def judge_against_truth(problems: int, samples: int, seed: int) -> None:
           f"self-judging took {seconds:.1f} s ({seconds / len(flat_own):.2f} s per response)")
 
 
-def short_run(steps: int, run_dir: Path) -> None:
-    cfg = load_config(EXAMPLE, RunConfig, [f"steps={steps}", f"eval.every={steps}"])
+def short_run(steps: int, run_dir: Path, threads: int | None) -> None:
+    overrides = [f"steps={steps}", f"eval.every={steps}"] + ([f"threads={threads}"] if threads else [])
+    cfg = load_config(EXAMPLE, RunConfig, overrides)
     start = time.perf_counter()
     summary = run_config(cfg, run_dir, progress=False)
     print(f"RLFH on SmolLM2, {steps} steps ({time.perf_counter() - start:.0f} s, report {summary['report']}):")
@@ -76,10 +79,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="RLFH steps in part 2 (0: skip it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path, default=Path("runs/smollm2_rlfh"))
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 under load)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     judge_against_truth(args.problems, args.samples, args.seed)
     if args.steps:
-        short_run(args.steps, args.run_dir)
+        short_run(args.steps, args.run_dir, args.threads)
 
 
 if __name__ == "__main__":

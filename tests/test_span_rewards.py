@@ -24,22 +24,11 @@ from sharpen.signals.reward import Component, Reward
 from sharpen.tasks import get_task
 from sharpen.tasks.base import Problem
 from sharpen.tasks.statements import FactCheck, Statement
+from test_policy_gradient import Fixed, ParityScore
 
 
 def completion(text: str, ids=(1, 2, 3)) -> Completion:
     return Completion(text, tuple(ids), (-0.5,) * len(ids), "stop", (-0.5,) * len(ids))
-
-
-@dataclass
-class Fixed:
-    """A scalar signal: scores by completion text."""
-
-    table: dict
-    name: str = "fixed"
-    score_range: tuple = (0.0, 1.0)
-
-    def __call__(self, problems, groups):
-        return [[self.table.get(c.text) for c in g] for g in groups]
 
 
 @dataclass
@@ -194,22 +183,13 @@ def test_process_grpo_refuses_wrong_shapes():
 # ---- the learner with per-token advantages ----------------------------------------------------
 
 
-@dataclass
-class Parity:
-    name: str = "parity"
-    score_range: tuple = (0.0, 1.0)
-
-    def __call__(self, problems, groups):
-        return [[float(sum(c.token_ids) % 2 == 0) for c in g] for g in groups]
-
-
 def pg_learner(reward, policy, **cfg) -> PolicyGradient:
     ctx = LearnerContext(policy, get_task("addition"), reward, None, Sampling(4, 1.0, 1.0, 6, ()), total_steps=1, seed=0)
     return PolicyGradient(ctx, PolicyGradientConfig(**{"minibatches": 1, "lr": 1e-2, **cfg}))
 
 
 def test_process_grpo_on_an_outcome_reward_updates_the_model_exactly_as_grpo(tiny_policy):
-    reward = Reward([Component("parity", Parity(), 1.0)])
+    reward = Reward([Component("parity", ParityScore(), 1.0)])
     rollouts = InProcessProducer(tiny_policy, reward).produce(
         get_task("addition").problems("train", 4, 0), SamplingParams(n=4, max_new_tokens=6, seed=3)).rollouts
     start = copy.deepcopy(tiny_policy.model.state_dict())
@@ -233,7 +213,7 @@ def test_process_grpo_on_an_outcome_reward_updates_the_model_exactly_as_grpo(tin
 def test_a_token_level_update_on_the_facts_task_runs_and_moves_the_weights(tiny_policy):
     task = get_task("facts")
     reward = Reward([Component("fact_feedback", build_signal("fact_feedback", task=task), 1.0),
-                     Component("parity", Parity(), 1.0)])  # varies within groups: the gibberish all scores alike
+                     Component("parity", ParityScore(), 1.0)])  # varies within groups: the gibberish all scores alike
     rollouts = InProcessProducer(tiny_policy, reward).produce(
         task.problems("train", 2, 0), SamplingParams(n=4, max_new_tokens=12, seed=1)).rollouts
     assert all(len(s) >= 2 for r in rollouts for s in r.spans)  # the tiny model's gibberish, and the outcome
