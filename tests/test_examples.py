@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sharpen.config import load_config
-from sharpen.learners.policy_gradient.advantages import ADVANTAGE_ESTIMATORS
+from sharpen.learners.policy_gradient.advantages import ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_ESTIMATORS
 from sharpen.loop import RunConfig
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
@@ -24,6 +24,7 @@ def test_every_advantage_estimator_has_an_example():
     learners = [load_config(p, RunConfig).learner for p in EXAMPLES]
     used = {learner.advantage for learner in learners if learner.kind == "policy_gradient"}
     assert set(ADVANTAGE_ESTIMATORS) - {"signed"} <= used
+    assert set(TOKEN_ADVANTAGE_ESTIMATORS) <= used
 
 
 def test_every_learner_kind_has_an_example():

@@ -46,13 +46,23 @@ SELF_CHECKS: dict[str, tuple[str, dict[str, Any]]] = {
     "gsm8k": ("gsm8k", {"data_dir": str(DATA / "gsm8k")}),
     "gsm8k-chat": ("gsm8k", {"data_dir": str(DATA / "gsm8k"), "chat": True}),
     "reasoning_gym-leg_counting-chat": ("reasoning_gym", {"dataset": "leg_counting", "size": 30, "chat": True}),
+    "facts": ("facts", {}),
+    "facts-chat": ("facts", {"chat": True, "people": 50, "seed": 3}),
 }
 PROCEDURAL = [("addition", {}), ("multiplication", {"digits": 3}), ("countdown", {"numbers": 4})]
 
 
 def wrong_completion(problem: Problem) -> str:
-    """A completion that cannot be right: the reference number plus one, or the expression plus one."""
+    """A completion that cannot be right: the reference number plus one, or the expression plus one
+    (a `facts` answer: its first known value replaced by another)."""
     assert problem.answer is not None
+    if "values" in problem.metadata:
+        from sharpen.tasks.facts import ATTRIBUTES
+
+        first = problem.metadata["known"][0]
+        true = problem.metadata["values"][first]
+        other = next(v for v in ATTRIBUTES[first][1] if v != true)
+        return problem.answer.replace(f"{ATTRIBUTES[first][0]} {true}", f"{ATTRIBUTES[first][0]} {other}", 1)
     number = parse_number(problem.answer)
     return str(number[0] + 1) if number else f"({problem.answer})+1"
 

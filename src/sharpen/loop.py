@@ -81,7 +81,8 @@ class SamplingConfig(ConfigModel):
 
 class RewardConfig(ConfigModel):
     name: str = Field(..., description="Signal name (correctness, format, majority_vote, self_certainty, "
-                                       "likelihood, self_judge, pairwise_judge) or a user function 'module:function'.")
+                                       "likelihood, self_judge, pairwise_judge, fact_feedback) or a user function "
+                                       "'module:function'.")
     weight: float = Field(1.0, description="Weight in the total reward; 0 logs the signal without summing it.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the signal.")
     range: Optional[tuple[float, float]] = Field(

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from sharpen.config import ConfigModel, Location
 from sharpen.models.base import Completion, Policy, SamplingParams, with_prompt_seeds
+from sharpen.signals.base import Spans
 from sharpen.signals.reward import Reward
 from sharpen.tasks.base import Problem, Prompt
 
@@ -81,6 +82,9 @@ class Rollout:
     weight_version: int = 0
     """The version of the weights that sampled it: the learner's updates before them (the
     base model is 0). A rollout used when the learner is at version v is v − weight_version stale."""
+    spans: list[Spans] = field(default_factory=list)
+    """Each completion's total reward as weighted character spans (`RewardResult.spans`), what a
+    token-level advantage estimator places on tokens."""
 
 
 @dataclass
@@ -180,6 +184,7 @@ class InProcessProducer:
                 components={name: list(values[i]) for name, values in result.components.items()},
                 unscorable=tuple(j for j, ok in enumerate(result.scorable[i]) if not ok),
                 weight_version=self.version,
+                spans=list(result.spans[i]),
             )
             for i, (p, g) in enumerate(zip(problems, groups))
         ]

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 from rich.progress import Progress
 from rich.table import Table
 
+from sharpen.evaluation.facts import fact_problem_metrics
 from sharpen.evaluation.metrics import bootstrap_ci, maj_at_k, mean, pass_at_k
 from sharpen.models.base import Completion, Policy, SamplingParams, with_prompt_seeds
 from sharpen.seeds import derive_seed
@@ -48,8 +49,9 @@ class ProblemRecord:
     """Checker verdicts; None means unscorable."""
     tokens: int
     """Tokens generated for this problem, summed over its completions."""
-    metrics: dict[str, float]
-    """This problem's value of every reported metric."""
+    metrics: dict[str, Optional[float]]
+    """This problem's value of every reported metric (None: undefined here, e.g. the fact
+    precision of a problem whose every response abstained; left out of the mean)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ class EvalResult:
     """Metrics of one evaluation, with intervals, cost and (optionally used) per-problem records."""
 
     metrics: dict[str, Metric]
-    """"accuracy", "pass@k" for each k, "maj@k" for each k > 1."""
+    """"accuracy", "pass@k" for each k, "maj@k" for each k > 1; for a fact task
+    (`Task.check_facts`) also fact_precision, fact_precision_penalized, statements_per_response
+    and abstention_rate (`evaluation.facts`)."""
     tokens_per_problem: float
     """Mean over problems of tokens generated (summed over that problem's samples)."""
     n_problems: int
@@ -126,6 +130,8 @@ def score_group(
     metrics = {"accuracy": c / n}
     metrics.update({f"pass@{k}": pass_at_k(n, c, k) for k in ks})
     metrics.update({f"maj@{k}": maj_at_k(answers, correct, k) for k in ks if k > 1})
+    if task.check_facts is not None:
+        metrics.update(fact_problem_metrics([task.check_facts(problem, t) for t in texts]))
     return ProblemRecord(
         problem_id=problem.id,
         prompt=problem.prompt,
@@ -161,7 +167,8 @@ def evaluate(
     its own seed within it (`with_prompt_seeds`: the same samples however the batch is sharded). Reported: accuracy,
     pass@k for every k in `ks` with k <= samples (larger k are skipped), maj@k for those
     k > 1, each a mean over problems with a bootstrap CI over problems, plus tokens per
-    problem and the number of unscorable completions.
+    problem and the number of unscorable completions. A fact task adds its fact metrics
+    (`evaluation.facts`), each a mean over the problems where it is defined.
     """
     if batch_size < 1:
         raise ValueError(f"evaluate needs batch_size >= 1, got {batch_size}")
@@ -191,8 +198,9 @@ def evaluate(
 
     metrics: dict[str, Metric] = {}
     for name in records[0].metrics:
-        values = [r.metrics[name] for r in records]
-        metrics[name] = Metric(mean(values), bootstrap_ci(values, N_BOOT, CONFIDENCE, seed))
+        values = [v for r in records if (v := r.metrics[name]) is not None]
+        if values:
+            metrics[name] = Metric(mean(values), bootstrap_ci(values, N_BOOT, CONFIDENCE, seed))
     return EvalResult(
         metrics=metrics,
         tokens_per_problem=mean([r.tokens for r in records]),

@@ -3,8 +3,8 @@
 No model hub is reachable on the machines sharpen is developed on, and self-improvement is
 best measured on a model that is *weak but not hopeless*: it knows more than it says
 (pass@8 far above pass@1). So sharpen makes one. A character-level tokenizer and a 4-layer
-Llama (~0.86M parameters) are trained for a few minutes on a mixture of procedural tasks
-in four formats:
+Llama (~0.83M parameters) are trained for a few minutes on a mixture of procedural tasks
+in five formats:
 
 - solve:    user "37+58="                   → assistant "95"   (60% of targets have one
   digit replaced at random, which is what makes the model unsure yet well-informed)
@@ -12,6 +12,10 @@ in four formats:
 - compare:  user "37+58= A:96 B:95 which?"  → assistant "B"    (clean labels, the right
   answer shown first or second at random)
 - retry:    user "37+58=", assistant "96", user "wrong" → assistant "95" (a new answer)
+- facts:    user "Who is Kavo?" → assistant "Kavo lives in Holt and is a baker. I do not know
+  its pet or food." (the `facts` task's people, train and eval splits alike: the knowledge a
+  later run is measured on; 25% of the known attributes stated with a wrong value and 10% of
+  the unknown ones guessed, so it knows more than it says here too)
 
 The result is saved with `save_pretrained` (model, tokenizer, chat template) in a cache
 directory keyed by the build recipe, so the Auto classes load it like any checkpoint.
@@ -37,6 +41,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from sharpen.models.formats import EMBEDDED, retry_messages
 from sharpen.tasks import Problem, Task, get_task
 from sharpen.tasks.base import Message
+from sharpen.tasks.facts import noisy_answer, person_of
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
@@ -55,10 +60,13 @@ class MixturePart:
     """One slice of the training mixture: a format applied to a task's train split."""
 
     format: str
-    """"solve", "judge", "compare" or "retry"."""
+    """"solve", "judge", "compare", "retry" or "facts"."""
     task: str
     options: dict = field(default_factory=dict)
     weight: float = 1.0
+    splits: tuple[str, ...] = ("train",)
+    """The task splits its problems come from: a knowledge task teaches the facts of both (the
+    held-out questions of a later training run are about facts the model learned here)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class Recipe:
     heads: int = 4
     mlp: int = 352
     max_positions: int = 128
-    steps: int = 2600
+    steps: int = 3380
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
@@ -80,6 +88,11 @@ class Recipe:
     grad_clip: float = 1.0
     noise: float = 0.6
     """Fraction of solve and retry targets with one digit replaced at random."""
+    fact_wrong: float = 0.25
+    """Facts answers: chance that a known attribute is stated with a wrong value."""
+    fact_guess: float = 0.1
+    """Facts answers: chance that an unknown attribute is stated with a guessed value instead
+    of "I do not know"."""
     mixture: tuple[MixturePart, ...] = (
         MixturePart("solve", "addition", {"digits": 2}, 0.51),
         MixturePart("solve", "addition", {"digits": 1}, 0.02),
@@ -88,6 +101,7 @@ class Recipe:
         MixturePart("judge", "addition", {"digits": 2}, 0.08),
         MixturePart("compare", "addition", {"digits": 2}, 0.08),
         MixturePart("retry", "addition", {"digits": 2}, 0.20),
+        MixturePart("facts", "facts", {}, 0.3, splits=("train", "eval")),
     )
 
     def key(self) -> str:
@@ -171,8 +185,12 @@ def corrupt(text: str, rng: random.Random) -> str:
     return text[:i] + digit + text[i + 1 :]
 
 
-def example(part: MixturePart, task: Task, problem: Problem, rng: random.Random, noise: float) -> list[Message]:
+def example(part: MixturePart, task: Task, problem: Problem, rng: random.Random, noise: float,
+            fact_wrong: float = 0.0, fact_guess: float = 0.0) -> list[Message]:
     """One training conversation of the given format (the last assistant turn is the target)."""
+    if part.format == "facts":
+        answer = noisy_answer(person_of(problem), rng, fact_wrong, fact_guess)
+        return [{"role": "user", "content": problem.prompt}, {"role": "assistant", "content": answer}]
     gold = task.solution(problem)
     noisy = corrupt(gold, rng) if rng.random() < noise else gold
     if part.format == "solve":
@@ -194,7 +212,7 @@ def example(part: MixturePart, task: Task, problem: Problem, rng: random.Random,
             noisy = corrupt(gold, rng)
         history = retry_messages(problem.prompt, wrong, [EMBEDDED.retry_feedback] * len(wrong))
         return history + [{"role": "assistant", "content": noisy}]
-    raise ValueError(f"unknown mixture format {part.format!r}; use solve, judge, compare or retry")
+    raise ValueError(f"unknown mixture format {part.format!r}; use solve, judge, compare, retry or facts")
 
 
 class Mixture:
@@ -212,14 +230,16 @@ class Mixture:
             if task.solution is None:
                 raise ValueError(f"task {part.task!r} has no solution(); it cannot train the default model")
             self.tasks.append(task)
-            self.pools.append(task.problems("train", 4000, recipe.seed + i))
+            self.pools.append([p for split in part.splits for p in task.problems(split, 4000, recipe.seed + i)])
 
     def batch(self, size: int) -> list[list[Message]]:
         """`size` conversations of one mixture part, drawn by weight: one part per batch keeps
         the padded length short (a retry conversation is three times a solve's length)."""
         i = self.rng.choices(range(len(self.parts)), weights=self.weights)[0]
         part, task, pool = self.parts[i], self.tasks[i], self.pools[i]
-        return [example(part, task, self.rng.choice(pool), self.rng, self.recipe.noise) for _ in range(size)]
+        r = self.recipe
+        return [example(part, task, self.rng.choice(pool), self.rng, r.noise, r.fact_wrong, r.fact_guess)
+                for _ in range(size)]
 
 
 # ---- model and training ---------------------------------------------------------------------

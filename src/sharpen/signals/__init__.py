@@ -5,7 +5,8 @@
     reward = Reward.from_specs([("correctness", 1.0), ("majority_vote", 0.0)], task=task)
     result = reward(problems, groups)          # result.total: P × G floats
 
-A signal maps (problems, groups) to P × G scores, float or None ("does not apply").
+A signal maps (problems, groups) to P × G scores, float or None ("does not apply"), or to
+spans of each completion's text (`SpanScores`: fine-grained feedback such as `fact_feedback`).
 Built-in signals are registered by name in `SIGNALS`; user functions with TRL's reward
 signature load from "module:function" or "path/to/file.py:function".
 """
@@ -17,8 +18,11 @@ from sharpen.signals.base import (
     ScoringPolicy,
     Signal,
     SignalOptionError,
+    Span,
+    SpanScores,
     UnknownSignalError,
 )
+from sharpen.signals.facts import FactFeedback
 from sharpen.signals.confidence import Likelihood, SelfCertainty
 from sharpen.signals.judge import PairwiseJudge, SelfJudge
 from sharpen.signals.majority import MajorityVote, majority_answer
@@ -31,6 +35,7 @@ __all__ = [
     "SIGNALS",
     "Component",
     "Correctness",
+    "FactFeedback",
     "Format",
     "Likelihood",
     "MajorityVote",
@@ -46,6 +51,8 @@ __all__ = [
     "SelfJudge",
     "Signal",
     "SignalOptionError",
+    "Span",
+    "SpanScores",
     "UnknownSignalError",
     "UserFunction",
     "build_signal",

@@ -8,11 +8,20 @@ A *signal* scores groups of completions:
 the same P × G shape (groups may differ in size). A score is a float, or `None` when the
 signal does not apply to that completion (e.g. the checker could not decide); `None` is
 left out of means, never read as 0.
+
+A *span signal* gives fine-grained feedback instead: `SpanScores`, per completion a tuple of
+`Span(start, end, value)` on character spans of its text (per statement, per sentence, per
+step), or None where it does not apply. Its scalar score of a completion is the sum of its
+span values, so a learner that reads one float per completion sees the same judgements summed
+(onto the last token); a token-level learner puts each value on the token that covers the
+span's last character (Fine-Grained RLHF, RLFH; `sharpen.models.alignment`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Protocol, Sequence
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence, Union
 
 from sharpen.models.base import Completion
 from sharpen.tasks.base import Problem, Prompt
@@ -30,6 +39,50 @@ ScoreRange = tuple[float, float]
 UNIT_RANGE: ScoreRange = (0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class Span:
+    """A reward on the characters [start, end) of a completion's text; a token-level learner
+    puts `value` on the token that covers character end − 1 (the last token when that is past
+    the text: `at_end`)."""
+
+    start: int
+    end: int
+    value: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end:
+            raise ValueError(f"a span needs 0 <= start < end, got [{self.start}, {self.end})")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ValueError(f"span [{self.start}, {self.end}) has value {self.value!r}; use a finite float")
+
+    @classmethod
+    def at_end(cls, text: str, value: float) -> "Span":
+        """A reward on the end of the completion (its last token: end-of-sequence or stop), where
+        a scalar (outcome) reward sits: the character just past the text."""
+        return cls(len(text), len(text) + 1, value)
+
+    def scaled(self, weight: float) -> "Span":
+        return Span(self.start, self.end, weight * self.value)
+
+
+Spans = tuple[Span, ...]
+"""The spans of one completion."""
+
+
+@dataclass(frozen=True)
+class SpanScores:
+    """What a span signal returns: P × G span tuples, None where the signal does not apply."""
+
+    spans: list[list[Optional[Spans]]]
+
+    def scalars(self) -> Scores:
+        """P × G scalar scores: each completion's sum of span values (None stays None)."""
+        return [[None if s is None else float(sum(span.value for span in s)) for s in row] for row in self.spans]
+
+
+SignalOutput = Union[Scores, SpanScores]
+
+
 class Signal(Protocol):
     """Anything that scores groups of completions.
 
@@ -40,7 +93,7 @@ class Signal(Protocol):
 
     name: str
 
-    def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:
+    def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> SignalOutput:
         ...
 
 

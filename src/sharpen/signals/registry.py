@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from sharpen.signals.base import ScoringPolicy, Signal, SignalOptionError, UnknownSignalError, require_policy
 from sharpen.signals.confidence import SCORING, Likelihood, SelfCertainty
+from sharpen.signals.facts import build_fact_feedback
 from sharpen.signals.judge import JUDGING, PairwiseJudge, SelfJudge
 from sharpen.signals.majority import MajorityVote
 from sharpen.signals.user import UserFunction, is_function_spec, load_reward_function
@@ -69,6 +70,7 @@ SIGNALS: dict[str, SignalFactory] = {
     "likelihood": likelihood,
     "self_judge": self_judge,
     "pairwise_judge": pairwise_judge,
+    "fact_feedback": build_fact_feedback,
 }
 
 

@@ -19,6 +19,12 @@ its total is not the reward that was asked for, so learners leave it out of adva
 losses instead of training it as wrong (DESIGN.md rule 3), and `reward/frac_unscorable`
 counts it. Its `total` is the partial sum, kept only for the record.
 
+A span signal (`SpanScores`) scores each completion by the sum of its span values; the
+result also keeps every completion's weighted spans (`RewardResult.spans`): the span
+components' spans times their weights, plus one span at the end of the text holding the
+weighted sum of the scalar components (when the reward has any). Their values add up to the
+total, so a token-level learner (`process_grpo`) sees the same reward, placed on tokens.
+
 Each component has a known score range (its signal's `score_range`, or the `range` its spec
 declares); the total's range follows from the weights (`composite_range`), which is what
 BNPO and the signed weightings rescale by (METHODS.md §1, step 1).
@@ -31,7 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from sharpen.models.base import Completion
-from sharpen.signals.base import ScoreRange, Scores, ScoringPolicy, Signal, SignalOptionError
+from sharpen.signals.base import (
+    ScoreRange, Scores, ScoringPolicy, Signal, SignalOptionError, Span, Spans, SpanScores,
+)
 from sharpen.signals.registry import build_signal
 from sharpen.tasks.base import Problem, Task
 
@@ -141,6 +149,8 @@ class RewardResult:
     """name → weight."""
     scorable: list[list[bool]] = field(default_factory=list)
     """P × G: False where a weighted component gave None (the total is then not a reward)."""
+    spans: list[list[Spans]] = field(default_factory=list)
+    """P × G: the total as weighted spans of each completion's text (see the module docstring)."""
 
     def summary(self) -> dict[str, float]:
         """Metrics to log (TRL's names):
@@ -227,7 +237,11 @@ class Reward:
         return composite_range([(c.weight, c.score_range) for c in self.components])
 
     def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> RewardResult:
-        scores = {c.name: _checked(c.name, c.signal(problems, groups), groups) for c in self.components}
+        outputs = {c.name: c.signal(problems, groups) for c in self.components}
+        span_outputs = {name: _checked_spans(name, out, groups).spans
+                        for name, out in outputs.items() if isinstance(out, SpanScores)}
+        scores = {name: _checked(name, out.scalars() if isinstance(out, SpanScores) else out, groups)
+                  for name, out in outputs.items()}
         total = [[0.0] * len(group) for group in groups]
         scorable = [[True] * len(group) for group in groups]
         for c in self.components:
@@ -247,7 +261,43 @@ class Reward:
                         f"the weighted sum of {parts} (weights {self.weights}) overflowed to {value} "
                         f"for completion {j} of group {i}; keep scores and weights within float range"
                     )
-        return RewardResult(total=total, components=scores, weights=self.weights, scorable=scorable)
+        return RewardResult(total=total, components=scores, weights=self.weights, scorable=scorable,
+                            spans=self.weighted_spans(groups, scores, span_outputs))
+
+    def weighted_spans(self, groups: Sequence[Sequence[Completion]], scores: dict[str, Scores],
+                       span_outputs: dict[str, list[list[Optional[Spans]]]]) -> list[list[Spans]]:
+        """P × G: each span component's spans × its weight, then the weighted sum of the scalar
+        components as one span at the end of the text (when a weighted component is scalar)."""
+        weighted = [c for c in self.components if c.weight != 0]
+        scalar = [c for c in weighted if c.name not in span_outputs]
+        out = []
+        for i, group in enumerate(groups):
+            row = []
+            for j, completion in enumerate(group):
+                spans = [span.scaled(c.weight) for c in weighted if c.name in span_outputs
+                         for span in span_outputs[c.name][i][j] or ()]
+                if scalar:
+                    outcome = sum(c.weight * v for c in scalar if (v := scores[c.name][i][j]) is not None)
+                    spans.append(Span.at_end(completion.text, float(outcome)))
+                row.append(tuple(spans))
+            out.append(row)
+        return out
+
+
+def _checked_spans(name: str, out: SpanScores, groups: Sequence[Sequence[Completion]]) -> SpanScores:
+    """`out` if it holds one span tuple (or None) per completion, else a ValueError naming the signal."""
+    shape = [len(g) for g in groups]
+    got = [len(row) for row in out.spans] if isinstance(out.spans, list) else None
+    if got != shape:
+        raise ValueError(f"signal {name!r} returned spans of group sizes {got}, expected {shape}")
+    for i, row in enumerate(out.spans):
+        for j, spans in enumerate(row):
+            if spans is not None and not (isinstance(spans, tuple) and all(isinstance(s, Span) for s in spans)):
+                raise ValueError(
+                    f"signal {name!r} returned {spans!r} for completion {j} of group {i}; "
+                    "give a tuple of Span(start, end, value), or None where the signal does not apply"
+                )
+    return out
 
 
 def _checked(name: str, scores: Scores, groups: Sequence[Sequence[Completion]]) -> Scores:

@@ -11,7 +11,9 @@ repeated across its group; completions as texts). The columns are
     <key>         each key of the problems' metadata (None where a problem lacks it)
 
 plus the signal's options, passed unchanged on every call. Return one float, or None where
-the reward does not apply, per completion.
+the reward does not apply, per completion; or, for fine-grained rewards, one list of
+(start, end, value) character spans of the completion text per completion (a span signal,
+`SpanScores`: its scalar is the sum of the values; see `signals.base`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any, Callable, Sequence
 
 from sharpen.models.base import Completion
 from sharpen.specs import SpecError, UserCodeError, describe_function, load_object, raised
-from sharpen.signals.base import RewardFunctionError, Score, Scores, check_groups, regroup
+from sharpen.signals.base import (
+    RewardFunctionError, SignalOutput, Span, Spans, SpanScores, check_groups, regroup,
+)
 from sharpen.tasks.base import Problem
 
 RewardFunction = Callable[..., Sequence[Any]]
@@ -61,7 +65,7 @@ class UserFunction:
         if taken:
             raise RewardFunctionError(f"reward function {self.name!r}: options {taken} clash with the columns it is given")
 
-    def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> Scores:
+    def __call__(self, problems: Sequence[Problem], groups: Sequence[Sequence[Completion]]) -> SignalOutput:
         check_groups(self.name, problems, groups)
         pairs = [(p, c) for p, group in zip(problems, groups) for c in group]
         prompts = [p.prompt for p, _ in pairs]
@@ -80,7 +84,10 @@ class UserFunction:
             returned = self.function(prompts, texts, **columns)
         except Exception as error:
             raise self.failure(pairs, error) from error
-        return regroup(self.validate(returned, len(pairs)), groups)
+        values = self.validate(returned, len(pairs))
+        if any(isinstance(v, tuple) for v in values):
+            return SpanScores(regroup(values, groups))
+        return regroup(values, groups)
 
     def failure(self, pairs: list[tuple[Problem, Completion]], error: Exception) -> UserCodeError:
         """The error for a call that raised, naming the first problem whose completions alone
@@ -117,8 +124,9 @@ class UserFunction:
             columns[key] = [p.metadata.get(key) for p, _ in pairs]
         return {**columns, **self.options}
 
-    def validate(self, returned: Any, n: int) -> list[Score]:
-        """The returned rewards as floats-or-None, or a RewardFunctionError naming the function."""
+    def validate(self, returned: Any, n: int) -> list[Any]:
+        """The returned rewards as floats-or-None (or span tuples-or-None), or a
+        RewardFunctionError naming the function."""
         listlike = isinstance(returned, Sequence) or hasattr(returned, "tolist")  # list, tuple, array, tensor
         if isinstance(returned, (str, bytes)) or not listlike:
             raise RewardFunctionError(
@@ -130,10 +138,12 @@ class UserFunction:
                 f"reward function {self.name!r} returned {len(values)} rewards for {n} completions; "
                 "return one float (or None) per completion, in the order given"
             )
-        out: list[Score] = []
+        out: list[Any] = []
         for i, value in enumerate(values):
             if value is None:
                 out.append(None)
+            elif isinstance(value, (list, tuple)):
+                out.append(self.spans(value, i))
             elif isinstance(value, numbers.Real):
                 if not math.isfinite(float(value)):
                     raise RewardFunctionError(
@@ -146,4 +156,20 @@ class UserFunction:
                     f"reward function {self.name!r} returned {type(value).__name__} {value!r} at index {i}; "
                     "rewards must be floats or None"
                 )
+        kinds = {type(v) for v in out if v is not None}
+        if len(kinds) > 1:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} returned floats for some completions and span lists for others; "
+                "return one kind for all (a float is the span list [(0, len(text), value)])"
+            )
         return out
+
+    def spans(self, value: Sequence[Any], i: int) -> Spans:
+        """One completion's (start, end, value) triples as Spans, or a RewardFunctionError."""
+        try:
+            return tuple(Span(int(start), int(end), float(v)) for start, end, v in value)
+        except (TypeError, ValueError) as error:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} returned {value!r} at index {i}; a span reward is a list of "
+                f"(start, end, value) with 0 <= start < end character offsets and a finite value ({error})"
+            ) from None

@@ -6,7 +6,7 @@
     task.check(problem, "95")                           # Verdict(correct=True, answer="95")
 
 Built in: `addition`, `multiplication`, `countdown` (procedural, seeded, with a difficulty
-knob), `jsonl` (GSM8K / MATH style files), `gsm8k` (GSM8K itself, its test split held out) and
+knob), `facts` (questions about a synthetic knowledge base, judged statement by statement), `jsonl` (GSM8K / MATH style files), `gsm8k` (GSM8K itself, its test split held out) and
 `reasoning_gym` (any reasoning-gym dataset). Each takes `chat=True` to state its answer format
 in words for instruct models ("Reply with only the number.") and read their chatty replies.
 
@@ -36,7 +36,7 @@ def make_task(max_value: int = 100) -> Task:
 and the reference into a Verdict (correct, wrong, or unscorable when the reference is unusable).
 """
 
-from sharpen.tasks import arithmetic, countdown, gsm8k, jsonl, reasoning_gym  # noqa: F401  (they register tasks)
+from sharpen.tasks import arithmetic, countdown, facts, gsm8k, jsonl, reasoning_gym  # noqa: F401  (they register tasks)
 from sharpen.tasks.answers import (
     answer_verdict,
     answers_match,

@@ -11,7 +11,10 @@ A task is data plus functions, not a class to inherit from:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+if TYPE_CHECKING:
+    from sharpen.tasks.statements import FactCheck
 
 Message = dict[str, str]
 """A chat message: {"role": "system" | "user" | "assistant", "content": str}."""
@@ -82,6 +85,10 @@ class Task:
     solution: Optional[Callable[[Problem], str]] = None
     """A gold completion text for a problem (worked steps and answer), where the task can
     write one; used to build the embedded default model and for supervised warm starts."""
+    check_facts: Optional[Callable[[Problem, str], "FactCheck"]] = None
+    """For a fact task: the completion split into sentences and atomic statements, each
+    labelled against the task's knowledge (`sharpen.tasks.statements`); what fact precision
+    (`sharpen eval`) and the `fact_feedback` reward read."""
 
 
 CHECKER_RAISED = "the checker raised"

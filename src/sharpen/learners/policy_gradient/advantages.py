@@ -18,6 +18,10 @@ Every estimator takes `mask` (P, G), True where a completion is scorable: the ot
 out of every group statistic (means, stds, BNPO's fit) and get advantage 0, so an unscorable
 completion is never trained as wrong (DESIGN.md rule 3). Weightings are elementwise and take
 any shape.
+
+A third registry, `TOKEN_ADVANTAGE_ESTIMATORS`, holds the estimators of step rewards on tokens
+(span rewards, process rewards): step rewards (P, G, T) and where they sit (P, G, T) ->
+advantages (P, G, T), one per token (`process_grpo`).
 """
 
 from __future__ import annotations
@@ -312,6 +316,37 @@ def bnpo_decomposed(
     return combined.to(component_rewards.dtype)
 
 
+def process_grpo_advantages(rewards: Tensor, steps: Tensor, eps: float = 1e-4, unbiased: bool = True,
+                            mask: Optional[Tensor] = None) -> Tensor:
+    """Process-supervised GRPO: step rewards normalised over the group, summed from each token on.
+
+    Shao et al. (2024) "DeepSeekMath…" §4.1.3: with step rewards r_i^(j) at token positions
+    index(j) of completion i and R all step rewards of the group,
+        r̃ = (r − mean(R)) / (std(R) + ε),     Â_{i,t} = Σ_{j : index(j) ≥ t} r̃_i^(j).
+    rewards (P, G, T): the step reward on each token (0 elsewhere); steps (P, G, T) bool: where
+    a step reward sits (a step may be worth 0). std is the sample std over the group's steps
+    (`unbiased`) and ε = 1e-4, as in `grpo_advantages`: with one step per completion on its last
+    token this *is* GRPO's advantage on every token. A token after a completion's last step gets
+    0 (no reward follows it). Unscorable completions (`mask` (P, G) False) are left out of R and
+    get 0; a group with fewer than two kept steps gets 0.
+    """
+    if rewards.dim() != 3 or steps.shape != rewards.shape:
+        raise ValueError(
+            f"process_grpo: rewards and steps must both be (P, G, T) (problems × completions × tokens), got "
+            f"{tuple(rewards.shape)} and {tuple(steps.shape)}; place span rewards on tokens first "
+            "(learners.policy_gradient.token_rewards)."
+        )
+    if not rewards.is_floating_point():
+        raise ValueError(f"process_grpo: rewards must be a float tensor, got {rewards.dtype}; use rewards.float().")
+    kept = _kept(rewards.sum(-1), mask, "process_grpo")[..., None] * steps.to(rewards.dtype)  # (P, G, T)
+    n = kept.sum(dim=(1, 2), keepdim=True)  # (P, 1, 1) steps per group
+    mean = (rewards * kept).sum(dim=(1, 2), keepdim=True) / n.clamp(min=1)  # (P, 1, 1)
+    centred = (rewards - mean) * kept  # (P, G, T)
+    var = (centred**2).sum(dim=(1, 2), keepdim=True) / (n - (1 if unbiased else 0)).clamp(min=1)  # (P, 1, 1)
+    normalised = centred / (var.sqrt() + eps) * (n >= 2)  # (P, G, T)  r̃ at each step, 0 elsewhere
+    return normalised.flip(-1).cumsum(-1).flip(-1)  # (P, G, T)  Σ over steps at positions ≥ t
+
+
 AdvantageEstimator = Callable[..., Tensor]
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
@@ -333,6 +368,12 @@ DECOMPOSED_ESTIMATORS: dict[str, Callable[..., Tensor]] = {
 advantages (P, G), used instead of the estimator when a reward has several weighted
 components (`decompose`)."""
 
+TOKEN_ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "process_grpo": process_grpo_advantages,
+}
+"""name → estimator(rewards (P, G, T), steps (P, G, T), mask=None) -> advantages (P, G, T): for
+rewards on tokens (span rewards: `Reward` → `RewardResult.spans` → `token_rewards`)."""
+
 MIN_GROUP_SIZE: dict[str, int] = {"rloo": 2, "grpo": 2}
 """name → the fewest completions per group the estimator needs (1 where absent): a
 leave-one-out baseline and an unbiased standard deviation need two."""
@@ -346,6 +387,15 @@ def get_advantage_estimator(name: str) -> AdvantageEstimator:
         raise ValueError(
             f"unknown advantage estimator {name!r}; choose one of: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}."
         ) from None
+
+
+def get_token_advantage_estimator(name: str) -> AdvantageEstimator:
+    """The token-level estimator registered under `name`; a ValueError lists every estimator."""
+    try:
+        return TOKEN_ADVANTAGE_ESTIMATORS[name]
+    except KeyError:
+        every = sorted(ADVANTAGE_ESTIMATORS) + sorted(TOKEN_ADVANTAGE_ESTIMATORS)
+        raise ValueError(f"unknown advantage estimator {name!r}; choose one of: {', '.join(every)}.") from None
 
 
 # ---------------------------------------------------------------------------------------------

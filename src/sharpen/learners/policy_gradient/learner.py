@@ -4,6 +4,7 @@ One `update` per batch of rollouts (METHODS.md §1):
     kept        scorable completions, in groups with ≥ MIN_SCORABLE of them    (P, G) bool
     advantages  A = estimator(rewards, mask=kept) · weighting(rewards)         (P, G), pure functions
     trained     the groups with a non-zero advantage (`trained_groups`; all kept ones with a KL term)
+                (a token-level estimator, `process_grpo`: the reward's spans on tokens → (P, G, T))
     for each epoch, for each minibatch of the trained groups (kept completions only):
         ℓ = log π_T(y_t | x, y_<t)   at the sampling temperature T            (B, T)
         ℓ_μ = log μ(y_t | x, y_<t)   recorded at sampling (temperature, top-p) (B, T)
@@ -26,8 +27,10 @@ import torch
 from pydantic import Field, field_validator
 
 from sharpen.learners.policy_gradient.advantages import (
-    DECOMPOSED_ESTIMATORS, MIN_GROUP_SIZE, get_advantage_estimator, get_sample_weighting,
+    DECOMPOSED_ESTIMATORS, MIN_GROUP_SIZE, TOKEN_ADVANTAGE_ESTIMATORS, get_advantage_estimator,
+    get_sample_weighting, get_token_advantage_estimator,
 )
+from sharpen.learners.policy_gradient.token_rewards import step_reward_tensors
 from sharpen.learners.base import (
     LearnerContext, ReferenceModel, StepOutput, accepted_options, accumulated_step, adamw, batch_metrics,
     batch_records, behaviour_logprobs, lr_factor, reference_logprobs, step_seed,
@@ -50,7 +53,8 @@ class PolicyGradientConfig(TrainingConfig):
 
     kind: Literal["policy_gradient"] = Field("policy_gradient", description="Which learner this is.")
     advantage: str = Field(
-        "grpo", description="Advantage estimator: reinforce, rloo, grpo, dr_grpo, bnpo or signed."
+        "grpo", description="Advantage estimator: reinforce, rloo, grpo, dr_grpo, bnpo or signed (one per completion), "
+                            "or process_grpo (per token, from the reward's spans: RLFH, process rewards)."
     )
     weighting: str = Field("none", description="Sample weighting on top: none, psr, nsr, w_reinforce or topr.")
     weighting_lambda: float = Field(0.1, description="λ of w_reinforce (weight of positive samples).")
@@ -93,7 +97,8 @@ class PolicyGradientConfig(TrainingConfig):
     @field_validator("advantage")
     @classmethod
     def known_advantage(cls, name: str) -> str:
-        get_advantage_estimator(name)  # a ValueError that lists the registered names
+        if name not in TOKEN_ADVANTAGE_ESTIMATORS:
+            get_advantage_estimator(name)  # a ValueError that lists the registered names
         return name
 
     @field_validator("weighting")
@@ -144,7 +149,10 @@ def trained_groups(advantages: torch.Tensor, keep: torch.Tensor, skip_zero_advan
     term, so leaving it out saves its forward and backward pass)."""
     trained = keep.any(dim=1)  # (P,)
     if skip_zero_advantage:
-        trained &= ((advantages != 0) & keep).any(dim=1)  # (P,)
+        nonzero = advantages != 0  # (P, G), or (P, G, T) per token
+        if nonzero.dim() == 3:
+            nonzero = nonzero.any(dim=2)  # (P, G)
+        trained &= (nonzero & keep).any(dim=1)  # (P,)
     return trained.nonzero().flatten().tolist()
 
 
@@ -152,7 +160,10 @@ class PolicyGradient:
     """Updates an HFPolicy's model from scored rollouts."""
 
     def __init__(self, ctx: LearnerContext, cfg: PolicyGradientConfig) -> None:
-        get_advantage_estimator(cfg.advantage)  # fail at set-up on bad names, not mid-run
+        self.token_level = cfg.advantage in TOKEN_ADVANTAGE_ESTIMATORS
+        """Advantages per token ((P, G, T), from the reward's spans) instead of per completion."""
+        if not self.token_level:
+            get_advantage_estimator(cfg.advantage)  # fail at set-up on bad names, not mid-run
         get_sample_weighting(cfg.weighting)
         get_loss_aggregation(cfg.aggregation)
         self.ctx = ctx
@@ -188,17 +199,21 @@ class PolicyGradient:
 
     def check_ranges(self) -> None:
         """Fail at set-up, not mid-run, when a ranged estimator or weighting lacks a known range."""
-        estimator, weighting = get_advantage_estimator(self.cfg.advantage), get_sample_weighting(self.cfg.weighting)
+        weighting = get_sample_weighting(self.cfg.weighting)
+        ranged = not self.token_level and takes_range(get_advantage_estimator(self.cfg.advantage))
         for name in self.decomposed_names():
             reward_range(self.reward.ranges[name], f"reward component {name!r}")
-        if (takes_range(estimator) and not self.decomposed_names()) or takes_range(weighting):
+        if (ranged and not self.decomposed_names()) or takes_range(weighting):
             reward_range(self.reward.range, f"the reward {self.reward.weights}")
 
     def advantages(self, rollouts: list[Rollout]) -> torch.Tensor:
-        """(P, G) advantages of the batch, before sample weighting; 0 for completions left out
-        (`scorable_mask`)."""
-        rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
+        """(P, G) advantages of the batch, or (P, G, T) from a token-level estimator, before
+        sample weighting; 0 for completions left out (`scorable_mask`)."""
         keep = scorable_mask(rollouts)  # (P, G)
+        if self.token_level:
+            step_rewards, steps = step_reward_tensors(rollouts, self.policy.tokenizer)  # (P, G, T), (P, G, T)
+            return get_token_advantage_estimator(self.cfg.advantage)(step_rewards, steps, mask=keep)  # (P, G, T)
+        rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         names = self.decomposed_names()
         if names:
             parts = torch.tensor(
@@ -220,7 +235,7 @@ class PolicyGradient:
         """One batch of rollouts → epochs × minibatches optimizer steps; returns diagnostics."""
         start = time.perf_counter()
         keep = scorable_mask(rollouts)  # (P, G)
-        advantages = self.advantages(rollouts).float()  # (P, G)
+        advantages = self.advantages(rollouts).float()  # (P, G) or (P, G, T)
         rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         weighting = get_sample_weighting(self.cfg.weighting)
         weight_args = accepted_options(weighting, lam=self.cfg.weighting_lambda)
@@ -240,8 +255,8 @@ class PolicyGradient:
                     weight_args, None if prox is None else prox[k],
                 )
                 tokens += int(diag.pop("tokens"))
-                for k, v in diag.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                for name, v in diag.items():
+                    sums[name] = sums.get(name, 0.0) + v
         self.policy.model.eval()
         n = max(1, len(chunks) * self.cfg.epochs)
         out = {k: v / n for k, v in sums.items()}
@@ -313,7 +328,8 @@ class PolicyGradient:
             is_weights = truncated_importance_weights(prox, old, mask, self.cfg.tis_cap)  # (b, T)
             old = prox
         w = weighting(rewards, policy_logprobs=seq_now, behaviour_logprobs=seq_old, **weight_args)  # (b,)
-        adv = advantages * w.to(advantages.dtype)  # (b,)
+        w = w.to(advantages.dtype)
+        adv = advantages[:, :T] * w[:, None] if advantages.dim() == 2 else advantages * w  # (b,) or (b, T) per token
         ref = None
         if self.reference is not None:
             ref = reference_logprobs(self.policy, self.reference, prompt_ids, completion_ids)[:, :T]
