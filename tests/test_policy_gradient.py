@@ -176,7 +176,7 @@ def test_the_rejection_and_preference_builders_skip_unscorable_completions():
 def test_the_update_never_scores_an_unscorable_completion(tiny_policy):
     task = get_task("addition")
     reward = Reward([Component("parity", ParityScore(), 1.0)])
-    pg = learner(reward, tiny_policy, advantage="grpo")
+    pg = learner(reward, tiny_policy, advantage="grpo", epochs=1, skip_zero_advantage=False)  # each kept one once
     problems = task.problems("train", 3, 0)
     rollouts = InProcessProducer(tiny_policy, reward).produce(problems, SamplingParams(n=4, max_new_tokens=6, seed=3)).rollouts
     rollouts[0].unscorable = (1,)
@@ -270,8 +270,8 @@ def test_topr_tapers_negative_samples_drawn_off_policy(tiny_policy):
     positive = torch.tensor([v >= 0.5 for _, _, v in rows])
     expected = torch.where(positive, 1.0, log_ratio.clamp(max=0).exp())  # (B,)
     assert bool((expected[~positive] < 0.99).any())  # the samples are off-policy: truncation acts
-    pg = learner(reward, tiny_policy, temperature=T, advantage="grpo", weighting="topr",
-                 skip_zero_advantage=False)  # every group's weights, all-equal ones too
+    pg = learner(reward, tiny_policy, temperature=T, advantage="grpo", weighting="topr", epochs=1,
+                 skip_zero_advantage=False)  # every group's weights, all-equal ones too, before any step
     diag = pg.update(rollouts)
     assert diag["sample_weight_mean"] == pytest.approx(expected.mean().item(), abs=1e-4)
     assert diag["ratio_mean"] != pytest.approx(1.0, abs=1e-3)  # the PPO ratio sees the staleness too
@@ -286,7 +286,8 @@ def test_the_ratio_is_one_on_the_first_epoch_of_on_policy_data(tiny_policy):
     for temperature in (1.0, 0.6):
         rollouts = InProcessProducer(tiny_policy, reward).produce(
             task.problems("train", 4, 0), SamplingParams(n=4, temperature=temperature, max_new_tokens=6, seed=9)).rollouts
-        pg = learner(copy.deepcopy(reward), tiny_policy, temperature=temperature, advantage="grpo", lr=1e-3)
+        pg = learner(copy.deepcopy(reward), tiny_policy, temperature=temperature, advantage="grpo", lr=1e-3,
+                     epochs=1)
         state = copy.deepcopy(tiny_policy.model.state_dict())
         diag = pg.update(rollouts)
         tiny_policy.model.load_state_dict(state)
