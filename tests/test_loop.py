@@ -51,9 +51,13 @@ def test_run_writes_every_step_and_a_summary(tmp_path, tiny_model_dir):
     assert on_disk["baseline"]["pass@1"]["value"] == summary["baseline"]["pass@1"]["value"]
     assert set(on_disk["final"]) >= {"pass@1", "pass@4", "maj@4", "accuracy", "tokens_per_problem"}
     assert Path(summary["report"]).exists()
-    for name in ("reward/mean", "train/accuracy", "clip_frac", "approx_kl", "entropy", "gen_tokens_per_s",
-                 "train_tokens_per_s", "reward/frac_zero_std"):
+    for name in ("reward/mean", "train/accuracy", "gen_tokens_per_s", "train_tokens_per_s",
+                 "reward/frac_zero_std", "trained_group_frac"):
         assert len(store.metrics(name)) == 6, name
+    # the optimizer steps' diagnostics exist where a group had a signal (the others are skipped)
+    trained = [r.step for r in store.metrics("trained_group_frac") if r.value > 0]
+    for name in ("clip_frac", "approx_kl", "entropy", "grad_norm"):
+        assert [r.step for r in store.metrics(name)] == trained, name
 
 
 def test_a_finished_run_directory_is_not_overwritten(tmp_path, tiny_model_dir):
@@ -103,7 +107,7 @@ def test_problem_batches_depend_only_on_seed_and_step():
 
 
 LEARNER_SECTIONS = {
-    "policy_gradient": "",
+    "policy_gradient": "learner: {skip_zero_advantage: false}\n",  # a step on every group: state to save
     "rest_em": "learner: {kind: rejection_sampling, select: best, restart_from_base: true, batch_size: 3}\n",
     "irpo": "learner: {kind: preference, loss: irpo, pairs: judge, reference: base, batch_size: 2}\n"
             "rewards: [{name: likelihood}]\n",

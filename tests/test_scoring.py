@@ -263,7 +263,7 @@ def test_policy_gradient_step_is_the_same_whatever_the_micro_batches(policy, agg
     for r in rollouts:
         r.rewards[0] = 1.0 - r.rewards[1]  # a spread in every group
     pg = PolicyGradient(context(policy, temperature=0.8), PolicyGradientConfig(
-        minibatches=1, aggregation=aggregation, kl_coef=kl_coef, weighting=weighting, grad_clip=1e9,
+        minibatches=1, epochs=1, aggregation=aggregation, kl_coef=kl_coef, weighting=weighting, grad_clip=1e9,
         schedule="constant"))
     prompt_ids = [r.prompt_ids for r in rollouts for _ in r.completions]
     completion_ids = [c.token_ids for r in rollouts for c in r.completions]
