@@ -555,3 +555,50 @@ def test_retry_with_binary_feedback_only_with_reference_problems(policy):
         with pytest.raises(openai.BadRequestError) as info:
             c.chat.completions.create(model="retry-3/default", messages=[{"role": "user", "content": "not a problem"}])
         assert info.value.body["param"] == "messages" and "reference problems" in info.value.body["message"]
+
+
+def test_a_prompt_over_the_context_fails_only_its_own_request_in_a_shared_call(policy):
+    import asyncio
+
+    from sharpen.models import ContextLengthError
+    from sharpen.models.base import SamplingParams
+    from sharpen.serving.worker import Worker
+
+    long_prompt, params = "1+" * 100 + "1=", SamplingParams(n=2, max_new_tokens=4, temperature=1.0)
+    seen: list[int] = []
+    generate = policy.inner.generate
+
+    class Spy:  # records the prompts of every call, failed ones included
+        def __getattr__(self, name):
+            return getattr(policy, name)
+
+        def generate(self, prompts, p, **kw):
+            seen.append(len(prompts))
+            return generate(prompts, p, **kw)
+
+    async def main():
+        worker = Worker(Spy(), window=0.2)  # both requests arrive within the window: one shared call
+        await worker.start()
+        try:
+            return await asyncio.gather(worker.sample(long_prompt, params), worker.sample("12+34=", params),
+                                        return_exceptions=True)
+        finally:
+            await worker.stop()
+
+    too_long, short = asyncio.run(main())
+    assert seen[0] == 2  # tried together, then one by one
+    assert isinstance(too_long, ContextLengthError) and "context length of 128" in str(too_long)
+    completions, prompt_tokens = short
+    assert len(completions) == 2 and prompt_tokens == len(policy.encode("12+34="))
+
+
+def test_a_prompt_over_the_context_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="default", messages=[{"role": "user", "content": "1+" * 100}],
+                                       max_tokens=8)
+    assert info.value.status_code == 400 and info.value.code == "context_length_exceeded"
+    assert "context length" in info.value.message
+    stream = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "1+" * 100}],
+                                            max_tokens=8, stream=True)
+    with pytest.raises(openai.APIError, match="context length"):
+        list(stream)

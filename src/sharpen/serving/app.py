@@ -25,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sharpen.models.base import ContextLengthError
 from sharpen.serving import schemas as s
 from sharpen.serving.errors import APIError, bad, validation_error
 from sharpen.serving.logprobs import openai_logprobs
@@ -60,6 +61,11 @@ class ServeSettings:
 
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
+
+
+def too_long(err: ContextLengthError) -> APIError:
+    """A prompt plus max_tokens over the model's context: the client's 400, OpenAI's code."""
+    return bad(str(err), code="context_length_exceeded")
 
 
 # ---- the gate: API key and body size, before any parsing ------------------------------------
@@ -160,6 +166,10 @@ def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
         message = f"no route {request.url.path}" if err.status_code == 404 else str(err.detail)
         return error_response(APIError(err.status_code, message, code=code))
+
+    @app.exception_handler(ContextLengthError)
+    async def on_too_long(request: Request, err: ContextLengthError) -> JSONResponse:
+        return error_response(too_long(err))
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, err: Exception) -> JSONResponse:
@@ -267,6 +277,9 @@ def build_app(policy: Any, settings: ServeSettings) -> FastAPI:
                         continue
                     break
                 if kind == "error":
+                    if isinstance(value, ContextLengthError):
+                        yield event(too_long(value).body())
+                        return
                     log.error("error while streaming", exc_info=value)
                     yield event(APIError(500, "internal server error").body())
                     return

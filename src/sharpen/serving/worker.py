@@ -10,7 +10,9 @@ Requests await asyncio futures; the policy runs on a single worker thread, so th
 keeps accepting requests while a generation runs. Plain requests that arrive within `window`
 seconds of each other with equal SamplingParams share one `policy.generate` call (up to
 `max_rows` rows); requests with a fixed seed run alone, so a seed gives the same answer however
-busy the server is. Jobs (strategies, token texts) run alone on the same thread.
+busy the server is. Jobs (strategies, token texts) run alone on the same thread. A prompt
+too long for the model's context fails only its own request: a shared call that refuses one
+(`ContextLengthError`, raised before any token is sampled) is re-run request by request.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from sharpen.models.base import Completion, SamplingParams
+from sharpen.models.base import Completion, ContextLengthError, SamplingParams
 from sharpen.tasks.base import Prompt
 
 RowCallback = Callable[[int, int], None]
@@ -145,6 +147,13 @@ class Worker:
 
         try:
             groups, counts = await loop.run_in_executor(self.executor, run)
+        except ContextLengthError as err:
+            if len(batch) == 1:
+                _settle(batch[0].future, error=err)
+                return
+            for b in batch:  # nothing was sampled yet: each request gets its own outcome
+                await self._run_batch(loop, [b])
+            return
         except Exception as err:
             for b in batch:
                 _settle(b.future, error=err)
