@@ -44,7 +44,7 @@ MODES = {"full": "", "lora": LORA}
 
 
 def run_child(config: Path, run_dir: Path) -> tuple[int, float]:
-    """Run `sharpen run` in a child; its exit status and peak resident memory in GB."""
+    """Run `sharpen run` in a child; its exit status and peak resident memory in GiB."""
     cmd = [sys.executable, "-m", "sharpen.cli", "run", str(config), f"run_dir={run_dir}"]
     log = run_dir.with_suffix(".log")
     with log.open("w") as err:
@@ -53,7 +53,7 @@ def run_child(config: Path, run_dir: Path) -> tuple[int, float]:
     code = child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
     if code != 0:
         sys.stderr.write(log.read_text()[-4000:])
-    return code, usage.ru_maxrss / 2**20  # KB → GB
+    return code, usage.ru_maxrss / 2**20  # KB → GiB
 
 
 def step_figures(run_dir: Path) -> dict[str, list[float]]:
@@ -72,22 +72,20 @@ def main(argv=None) -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--micro-batch-tokens", type=int, default=None, help="default: the learner's default")
+    parser.add_argument("--micro-batch-tokens", type=int, default=None, help="default: the learner's (by the model's depth and width)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args(argv)
-    from sharpen.learners.training import TrainingConfig
-
-    budget = args.micro_batch_tokens or TrainingConfig().micro_batch_tokens
+    budget = args.micro_batch_tokens
     print(f"GRPO on {args.model}, addition (chat, operands ≤ 20): {args.problems} problems × {args.group_size} "
-          f"completions, ≤ {args.max_new_tokens} new tokens, micro_batch_tokens {budget}, gradient checkpointing "
+          f"completions, ≤ {args.max_new_tokens} new tokens, micro_batch_tokens {budget or 'the default'}, gradient checkpointing "
           f"{'on' if args.gradient_checkpointing else 'off'}, {args.steps} step(s)")
-    print(f"{'mode':6} {'peak RSS GB':>11} {'s/step':>8} {'sampling s':>10} {'update s':>9} {'tokens/completion':>18}")
+    print(f"{'mode':6} {'peak RSS GiB':>12} {'s/step':>8} {'sampling s':>10} {'update s':>9} {'tokens/completion':>18}")
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             config = Path(tmp) / f"{mode}.yaml"
             config.write_text(CONFIG.format(
                 model=args.model, steps=args.steps, problems=args.problems, group_size=args.group_size,
-                max_new_tokens=args.max_new_tokens, micro_batch_tokens=budget,
+                max_new_tokens=args.max_new_tokens, micro_batch_tokens="null" if budget is None else budget,
                 gradient_checkpointing=str(args.gradient_checkpointing).lower(), lora=MODES[mode],
             ))
             status, peak = run_child(config, Path(tmp) / mode)
@@ -96,7 +94,7 @@ def main(argv=None) -> None:
                 continue
             f = step_figures(Path(tmp) / mode)
             mean = {k: sum(v) / len(v) for k, v in f.items()}
-            print(f"{mode:6} {peak:11.2f} {mean['train_step_seconds']:8.1f} {mean['gen_seconds']:10.1f} "
+            print(f"{mode:6} {peak:12.3f} {mean['train_step_seconds']:8.1f} {mean['gen_seconds']:10.1f} "
                   f"{mean['update_seconds']:9.1f} {mean['completion_tokens_mean']:18.1f}")
 
 

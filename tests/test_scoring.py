@@ -301,3 +301,19 @@ def test_score_step_is_the_same_whatever_the_micro_batches(policy):
     attempts = [Attempt(prompts1, first, torch.linspace(-1, 1, 6), 0.5),
                 Attempt(prompts2, second, torch.linspace(1, -1, 6), 0.1)]
     assert_same_step(learner.optimizer, lambda: learner.update(attempts), policy)
+
+
+def test_the_default_micro_batch_fits_the_activation_budget_by_depth_and_width():
+    from types import SimpleNamespace
+
+    from sharpen.models.scoring import (
+        ACTIVATION_BUDGET_BYTES, DEFAULT_MICRO_BATCH_TOKENS, default_micro_batch_tokens,
+    )
+
+    smollm2 = SimpleNamespace(num_hidden_layers=30, hidden_size=576)
+    per_position = 4 * 36 * 30 * 576  # ≈ 2.5 MB, as measured on SmolLM2-135M
+    n = default_micro_batch_tokens(smollm2)
+    assert n * per_position <= ACTIVATION_BUDGET_BYTES < (n + 1) * per_position
+    assert default_micro_batch_tokens(SimpleNamespace(num_hidden_layers=4, hidden_size=128)) > 16 * 8 * 32
+    assert default_micro_batch_tokens(SimpleNamespace(num_hidden_layers=80, hidden_size=8192)) == 64  # a floor
+    assert default_micro_batch_tokens(SimpleNamespace()) == DEFAULT_MICRO_BATCH_TOKENS  # depth and width unknown

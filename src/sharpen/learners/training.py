@@ -24,7 +24,6 @@ from pydantic import Field
 
 from sharpen.config import ConfigModel, Location
 from sharpen.models.lora import ALL_LINEAR, add_lora
-from sharpen.models.scoring import DEFAULT_MICRO_BATCH_TOKENS
 
 
 class LoraConfig(ConfigModel):
@@ -51,11 +50,12 @@ class LoraConfig(ConfigModel):
 class TrainingConfig(ConfigModel):
     """How the learner's model is trained (keys of every learner's section)."""
 
-    micro_batch_tokens: int = Field(
-        DEFAULT_MICRO_BATCH_TOKENS, ge=1,
+    micro_batch_tokens: Optional[int] = Field(
+        None, ge=1,
         description="Forward positions (prompt + completion tokens, padding included) scored at once; a larger "
-                    "batch is scored in micro-batches whose gradients add up to the same step. Lower it if memory "
-                    "runs out, raise it for speed.",
+                    "batch is scored in micro-batches whose gradients add up to the same step. Default: as many as "
+                    "about 640 MB of activations hold for the model's depth and width (269 on SmolLM2-135M). Lower "
+                    "it if memory runs out, raise it for speed.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in backward instead of keeping them: less memory, "
@@ -95,4 +95,5 @@ def prepare_policy(policy, cfg: TrainingConfig) -> None:
         except ValueError as error:
             raise ValueError(f"learner.lora.target_modules: {error}") from None
         policy.model.eval()
-    policy.micro_batch_tokens = cfg.micro_batch_tokens
+    if cfg.micro_batch_tokens is not None:
+        policy.micro_batch_tokens = cfg.micro_batch_tokens

@@ -61,8 +61,9 @@ class HFPolicy:
         self.last_logits_only = {"logits_to_keep": 1} if takes_keep else {}
         """Forward kwargs that compute logits at the last position only (a prompt's full
         logits are (B, L, V): gigabytes for a 150k vocabulary)."""
-        self.micro_batch_tokens = scoring.DEFAULT_MICRO_BATCH_TOKENS
-        """Forward positions scored at once at most (`learner.micro_batch_tokens` in a run)."""
+        self.micro_batch_tokens = scoring.default_micro_batch_tokens(model.config)
+        """Forward positions scored at once at most (`learner.micro_batch_tokens` in a run; by
+        default as many as `scoring.ACTIVATION_BUDGET_BYTES` of activations hold)."""
         self.autocast_dtype: Optional[torch.dtype] = None
         """Forward passes of scoring run under autocast to this dtype (bf16 when training on CUDA)."""
         self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -41,10 +41,24 @@ from sharpen.models.base import TokenScores
 HEAD_CHUNK_LOGITS = 1 << 22
 """Logits computed at once by the head (16 MB in fp32; 85 positions of a 49,152-token vocabulary)."""
 DEFAULT_MICRO_BATCH_TOKENS = 512
-"""Forward positions per micro-batch unless a learner's `micro_batch_tokens` says otherwise: on
-SmolLM2-135M (30 layers, width 576) a backward pass keeps ≈ 2.5 MB per position, so 512 of them
-fit beside the weights, gradients and AdamW state of a 4 GB budget; the embedded model's
-quickstart minibatches (≈ 200 positions) are one micro-batch."""
+"""Forward positions per micro-batch of a model whose config does not give its depth and width."""
+ACTIVATION_BUDGET_BYTES = 640 * 2**20
+"""What a micro-batch's activations kept for backward may take by default (`micro_batch_tokens`)."""
+ACTIVATION_FLOATS_PER_LAYER_WIDTH = 36
+"""fp32 values a decoder layer keeps for backward per position, in units of its width: 2.5 MB
+per position measured on SmolLM2-135M (30 layers, width 576) is 36 × 30 × 576 × 4 bytes."""
+
+
+def default_micro_batch_tokens(config) -> int:
+    """Forward positions per micro-batch whose activations fit `ACTIVATION_BUDGET_BYTES` by the
+    model's depth and width: 269 on SmolLM2-135M (≈ 0.65 GB kept for backward), the whole
+    quickstart batch on the embedded model; at least 64."""
+    layers, width = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if not isinstance(layers, int) or not isinstance(width, int) or layers < 1 or width < 1:
+        return DEFAULT_MICRO_BATCH_TOKENS
+    per_position = 4 * ACTIVATION_FLOATS_PER_LAYER_WIDTH * layers * width
+    return max(64, ACTIVATION_BUDGET_BYTES // per_position)
+
 
 LOGIT_TRANSFORMS: dict[str, Callable[[Tensor, float], Tensor]] = {
     "final_logit_softcapping": lambda z, cap: torch.tanh(z / cap) * cap,  # Gemma 2 and 3
