@@ -206,7 +206,7 @@ def test_asynchronous_run_uses_no_rollout_older_than_the_bound(ray_cluster, tmp_
 
     monkeypatch.setattr(RayProducer, "produce", killing)
     cfg = write_config(tmp_path, tiny_model_dir, "rollouts: {executor: ray, workers: 2, max_staleness: 1}\n"
-                                                 "learner: {tis_cap: 2.0}\n")
+                                                 "learner: {tis_cap: 2.0, skip_zero_advantage: false}\n")  # every step trains
     summary = run(cfg, [f"run_dir={tmp_path / 'run'}"], progress=False)
     store = RunStore(tmp_path / "run")
     staleness = {r.step: r.value for r in store.metrics("off_policy/staleness_max")}
