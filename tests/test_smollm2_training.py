@@ -58,7 +58,7 @@ def test_micro_batched_scores_and_policy_gradient_equal_one_pass_on_smollm2(prob
 
     reward = Reward.from_specs([("correctness", 1.0)], task=TASK, policy=policy)
     ctx = LearnerContext(policy, TASK, reward, None, Sampling(3, 0.7, 1.0, 12, ()), total_steps=1, seed=0)
-    learner = PolicyGradient(ctx, PolicyGradientConfig(minibatches=1, grad_clip=1e9, schedule="constant"))
+    learner = PolicyGradient(ctx, PolicyGradientConfig(minibatches=1, epochs=1, grad_clip=1e9, schedule="constant"))
     grads = {}
     for budget in (HUGE, 64):
         policy.micro_batch_tokens = budget
@@ -68,7 +68,8 @@ def test_micro_batched_scores_and_policy_gradient_equal_one_pass_on_smollm2(prob
         grads[budget] = seen[0]
     assert any(bool(g.abs().sum() > 0) for g in grads[HUGE])
     for a, b in zip(grads[64], grads[HUGE]):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-3)
+        # fp32 sums over 30 layers in another order: one element in 884,736 was 1.25e-6 apart
+        torch.testing.assert_close(a, b, atol=5e-6, rtol=1e-3)
 
 
 def test_lora_on_smollm2_trains_the_adapter_only_and_exports_it(problems, tmp_path):
