@@ -330,10 +330,11 @@ def test_concurrency_never_exceeds_max(fake):
 
 
 def test_connections_are_pooled_and_reused(fake):
+    fake.hold_until = 3  # the first three requests are in flight at once: three connections
     policy = _policy(fake, max_concurrency=3)
     policy.generate([f"p{i}" for i in range(30)], SamplingParams())
     first = set(fake.client_ports)
-    assert 1 <= len(first) <= 3  # urllib opened one connection per request: 30
+    assert len(first) == 3  # urllib opened one connection per request: 30
     policy.generate([f"q{i}" for i in range(9)], SamplingParams())
     assert fake.client_ports == first  # the next call reuses the same connections
     policy.close()
@@ -477,7 +478,10 @@ def test_real_serve_usage_counts_and_pooled_connections(serve):
     counted = sum(c.n_tokens for g in groups for c in g)
     assert counted == usage["completion_tokens"] == serve.wrapped.tokens > 0  # per-choice counts are exact
     assert all(c.missing_token_ids for g in groups for c in g)  # sharpen serve returns token texts
-    assert 1 <= len(serve.clients) <= 3
+    opened = set(serve.clients)
+    assert len(opened) <= 3  # at most max_concurrency connections for 6 requests
+    policy.generate([f"{a}+{a}=" for a in range(20, 26)], SamplingParams(n=1, max_new_tokens=2))
+    assert serve.clients == opened  # the next call reuses them: no new connection
     policy.close()
 
 
