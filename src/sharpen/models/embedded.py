@@ -80,7 +80,7 @@ class Recipe:
     heads: int = 4
     mlp: int = 352
     max_positions: int = 128
-    steps: int = 3380
+    steps: int = 4000
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
@@ -101,7 +101,7 @@ class Recipe:
         MixturePart("judge", "addition", {"digits": 2}, 0.08),
         MixturePart("compare", "addition", {"digits": 2}, 0.08),
         MixturePart("retry", "addition", {"digits": 2}, 0.20),
-        MixturePart("facts", "facts", {}, 0.3, splits=("train", "eval")),
+        MixturePart("facts", "facts", {}, 0.6, splits=("train", "eval")),
     )
 
     def key(self) -> str:
