@@ -3,7 +3,7 @@
 No model hub is reachable on the machines sharpen is developed on, and self-improvement is
 best measured on a model that is *weak but not hopeless*: it knows more than it says
 (pass@8 far above pass@1). So sharpen makes one. A character-level tokenizer and a 4-layer
-Llama (~0.83M parameters) are trained for a few minutes on a mixture of procedural tasks
+Llama (~0.83M parameters) are trained (about 16 minutes on 2 cores) on a mixture of procedural tasks
 in five formats:
 
 - solve:    user "37+58="                   → assistant "95"   (60% of targets have one
