@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -53,16 +53,17 @@ def test_a_span_signal_scores_the_sum_of_its_spans_and_the_reward_keeps_the_span
     assert result.components["first_word"] == [[0.5, 0.5, None]]
     assert result.total[0][:2] == [pytest.approx(2 * 0.5 + 0.5), pytest.approx(2 * 0.5)]
     assert result.scorable == [[True, True, False]]
-    assert result.spans[0][0] == (Span(0, 2, 2.0), Span(4, 5, -1.0), Span(5, 6, 0.5))  # weighted, outcome at the end
-    for row, spans in zip(result.total[0][:2], result.spans[0][:2]):
-        assert sum(s.value for s in spans) == pytest.approx(row)  # the spans add up to the total
+    assert result.spans[0][0] == (Span(0, 2, 2.0), Span(4, 5, -1.0))  # weighted
+    assert result.outcomes[0][:2] == [pytest.approx(0.5), 0.0]  # the scalar components, weighted
+    for row, spans, outcome in zip(result.total[0][:2], result.spans[0][:2], result.outcomes[0]):
+        assert sum(s.value for s in spans) + outcome == pytest.approx(row)  # spans and outcome add up to the total
 
 
-def test_a_scalar_reward_is_one_span_at_the_end_and_a_span_only_reward_has_none_there():
+def test_a_scalar_reward_is_an_outcome_and_a_span_only_reward_has_none():
     scalar = Reward([Component("fixed", Fixed({"ab": 1.0}), 1.0)])([Problem("p", "q")], [[completion("ab")]])
-    assert scalar.spans == [[(Span(2, 3, 1.0),)]]
+    assert scalar.spans == [[()]] and scalar.outcomes == [[1.0]]
     spans_only = Reward([Component("first_word", FirstWord(), 1.0)])([Problem("p", "q")], [[completion("ab")]])
-    assert spans_only.spans == [[(Span(0, 2, 1.0), Span(1, 2, -0.5))]]
+    assert spans_only.spans == [[(Span(0, 2, 1.0), Span(1, 2, -0.5))]] and spans_only.outcomes == []
 
 
 def test_bad_span_output_names_the_signal():
@@ -129,13 +130,18 @@ def test_step_reward_tensors_place_each_rollouts_spans(tiny_policy):
     tok = tiny_policy.tokenizer
     enc = lambda s: tuple(tok(s, add_special_tokens=False)["input_ids"]) + (tok.eos_token_id,)  # noqa: E731
     a, b = completion("ab", enc("ab")), completion("abcd", enc("abcd"))
-    r = Rollout(Problem("p", "q"), [1], [a, b], [0.0, 0.0], spans=[(Span(0, 1, 1.0),), (Span.at_end("abcd", 3.0),)])
-    rewards, steps = step_reward_tensors([r], tok)
-    assert rewards.shape == steps.shape == (1, 2, 5)
-    assert rewards[0].tolist() == [[1.0, 0, 0, 0, 0], [0, 0, 0, 0, 3.0]]
-    assert steps[0].tolist() == [[True, False, False, False, False], [False, False, False, False, True]]
+    r = Rollout(Problem("p", "q"), [1], [a, b], [0.0, 0.0], spans=[(Span(0, 1, 1.0),), (Span.at_end("abcd", 3.0),)],
+                outcomes=[0.5, -1.0])
+    placed = step_reward_tensors([r], tok)
+    assert placed.rewards.shape == placed.steps.shape == (1, 2, 5)
+    assert placed.rewards[0].tolist() == [[1.0, 0, 0, 0, 0], [0, 0, 0, 0, 3.0]]
+    assert placed.steps[0].tolist() == [[True, False, False, False, False], [False, False, False, False, True]]
+    assert placed.outcomes.tolist() == [[0.5, -1.0]] and placed.lengths.tolist() == [[3, 5]]
+    assert step_reward_tensors([replace(r, outcomes=[])], tok).outcomes is None  # a span-only reward
     with pytest.raises(ValueError, match="needs the reward's spans"):
         step_reward_tensors([Rollout(Problem("p", "q"), [1], [a], [0.0])], tok)
+    with pytest.raises(ValueError, match="some rollouts of the batch have outcomes"):
+        step_reward_tensors([r, replace(r, outcomes=[])], tok)
 
 
 # ---- process-supervised GRPO ------------------------------------------------------------------
@@ -173,6 +179,38 @@ def test_process_grpo_is_grpo_when_only_the_last_token_is_rewarded():
             torch.testing.assert_close(got[i, j, :n], expected[i, j].expand(n))
             assert bool((got[i, j, n:] == 0).all())
     assert bool((got[2] == 0).all()) and bool((got[0, 1] == 0).all())
+
+
+def test_process_grpo_with_an_outcome_by_hand():
+    """Completion 0 (2 tokens): a step 3 at t=0, outcome 1; completion 1 (3 tokens): steps 1 (t=0)
+    and 2 (t=1), outcome 3. Each kind centred on its own mean: steps {3, 1, 2} − 2 = {1, −1, 0},
+    outcomes {1, 3} − 2 = {−1, +1}; one sample std over the five: √(4 / 4) = 1. The outcome's r̃
+    is on every token of its completion, none on padding."""
+    rewards = torch.tensor([[[3.0, 0.0, 0.0], [1.0, 2.0, 0.0]]])
+    steps = torch.tensor([[[True, False, False], [True, True, False]]])
+    got = process_grpo_advantages(rewards, steps, outcomes=torch.tensor([[1.0, 3.0]]), lengths=torch.tensor([[2, 3]]))
+    torch.testing.assert_close(got, torch.tensor([[[0.0, -1.0, 0.0], [0.0, 1.0, 1.0]]]) / (1 + 1e-4))
+    with pytest.raises(ValueError, match="outcomes and lengths go together"):
+        process_grpo_advantages(rewards, steps, outcomes=torch.tensor([[1.0, 3.0]]))
+
+
+def test_an_outcome_every_completion_earns_does_not_penalise_saying_more():
+    """A format reward of 4 for all: pooled into R (as one more step on the last token) it raised
+    mean(R) above every statement's reward, so the completion with two correct statements got a
+    lower advantage than the one with one; as its own kind it changes no advantage's sign."""
+    rewards = torch.tensor([[[2.0, 0.0, 0.0], [2.0, 2.0, 0.0], [-2.0, 0.0, 0.0]]])  # correct; correct ×2; wrong
+    steps = rewards != 0
+    lengths = torch.tensor([[2, 3, 2]])
+    alone = process_grpo_advantages(rewards, steps)
+    with_format = process_grpo_advantages(rewards, steps, outcomes=torch.full((1, 3), 4.0), lengths=lengths)
+    assert with_format[0, 1, 0] > with_format[0, 0, 0] > 0 > with_format[0, 2, 0]  # saying more that is right pays
+    assert bool(((with_format == 0) == (alone == 0)).all())
+    ratio = with_format[alone != 0] / alone[alone != 0]
+    torch.testing.assert_close(ratio, ratio[0].expand_as(ratio))  # the same advantages, rescaled
+    pooled = rewards.clone()
+    pooled[0, 0, 1] = pooled[0, 2, 1] = pooled[0, 1, 2] = 4.0  # the old way: one more step on the last token
+    old = process_grpo_advantages(pooled, pooled != 0)
+    assert old[0, 1, 0] < old[0, 0, 0]  # the length penalty this removes
 
 
 def test_process_grpo_refuses_wrong_shapes():
@@ -216,7 +254,8 @@ def test_a_token_level_update_on_the_facts_task_runs_and_moves_the_weights(tiny_
                      Component("parity", ParityScore(), 1.0)])  # varies within groups: the gibberish all scores alike
     rollouts = InProcessProducer(tiny_policy, reward).produce(
         task.problems("train", 2, 0), SamplingParams(n=4, max_new_tokens=12, seed=1)).rollouts
-    assert all(len(s) >= 2 for r in rollouts for s in r.spans)  # the tiny model's gibberish, and the outcome
+    assert all(len(s) >= 1 for r in rollouts for s in r.spans)  # the tiny model's gibberish
+    assert all(len(r.outcomes) == 4 for r in rollouts)  # and the parity outcome
     start = copy.deepcopy(tiny_policy.model.state_dict())
     diag = pg_learner(reward, tiny_policy, advantage="process_grpo").update(rollouts)
     assert math.isfinite(diag["loss"]) and diag["grad_norm"] > 0
@@ -316,6 +355,7 @@ def test_the_policy_judge_runs_on_a_real_tokenizer(tiny_chat_policy):
                                policy=tiny_chat_policy)
     result = reward([p], [[completion(t) for t in texts]])
     assert [sum(s.value for s in spans) for spans in result.spans[0]] == pytest.approx(result.total[0])
+    assert result.outcomes == []  # fact_feedback alone: spans only
 
 
 def test_a_user_function_may_return_span_rewards(tmp_path):

@@ -83,8 +83,11 @@ class Rollout:
     """The version of the weights that sampled it: the learner's updates before them (the
     base model is 0). A rollout used when the learner is at version v is v − weight_version stale."""
     spans: list[Spans] = field(default_factory=list)
-    """Each completion's total reward as weighted character spans (`RewardResult.spans`), what a
-    token-level advantage estimator places on tokens."""
+    """Each completion's weighted span rewards (`RewardResult.spans`), what a token-level
+    advantage estimator places on tokens."""
+    outcomes: list[float] = field(default_factory=list)
+    """Each completion's weighted sum of the scalar reward components (`RewardResult.outcomes`;
+    empty when the reward has none): with the spans, its total."""
 
 
 @dataclass
@@ -185,6 +188,7 @@ class InProcessProducer:
                 unscorable=tuple(j for j, ok in enumerate(result.scorable[i]) if not ok),
                 weight_version=self.version,
                 spans=list(result.spans[i]),
+                outcomes=list(result.outcomes[i]) if result.outcomes else [],
             )
             for i, (p, g) in enumerate(zip(problems, groups))
         ]

@@ -20,10 +20,11 @@ losses instead of training it as wrong (DESIGN.md rule 3), and `reward/frac_unsc
 counts it. Its `total` is the partial sum, kept only for the record.
 
 A span signal (`SpanScores`) scores each completion by the sum of its span values; the
-result also keeps every completion's weighted spans (`RewardResult.spans`): the span
-components' spans times their weights, plus one span at the end of the text holding the
-weighted sum of the scalar components (when the reward has any). Their values add up to the
-total, so a token-level learner (`process_grpo`) sees the same reward, placed on tokens.
+result also keeps every completion's weighted spans (`RewardResult.spans`, the span
+components' spans times their weights) and its outcome (`RewardResult.outcomes`, the weighted
+sum of the scalar components, when the reward has any). Spans and outcome add up to the total,
+so a token-level learner (`process_grpo`) sees the same reward: the spans on their tokens, the
+outcome on the last token, each kind normalised over the group on its own.
 
 Each component has a known score range (its signal's `score_range`, or the `range` its spec
 declares); the total's range follows from the weights (`composite_range`), which is what
@@ -150,7 +151,10 @@ class RewardResult:
     scorable: list[list[bool]] = field(default_factory=list)
     """P × G: False where a weighted component gave None (the total is then not a reward)."""
     spans: list[list[Spans]] = field(default_factory=list)
-    """P × G: the total as weighted spans of each completion's text (see the module docstring)."""
+    """P × G: the span components' weighted spans of each completion's text (module docstring)."""
+    outcomes: list[list[float]] = field(default_factory=list)
+    """P × G: the weighted sum of the scalar components; empty when no weighted component is
+    scalar. Σ spans + outcome = total."""
 
     def summary(self) -> dict[str, float]:
         """Metrics to log (TRL's names):
@@ -261,27 +265,15 @@ class Reward:
                         f"the weighted sum of {parts} (weights {self.weights}) overflowed to {value} "
                         f"for completion {j} of group {i}; keep scores and weights within float range"
                     )
-        return RewardResult(total=total, components=scores, weights=self.weights, scorable=scorable,
-                            spans=self.weighted_spans(groups, scores, span_outputs))
-
-    def weighted_spans(self, groups: Sequence[Sequence[Completion]], scores: dict[str, Scores],
-                       span_outputs: dict[str, list[list[Optional[Spans]]]]) -> list[list[Spans]]:
-        """P × G: each span component's spans × its weight, then the weighted sum of the scalar
-        components as one span at the end of the text (when a weighted component is scalar)."""
         weighted = [c for c in self.components if c.weight != 0]
         scalar = [c for c in weighted if c.name not in span_outputs]
-        out = []
-        for i, group in enumerate(groups):
-            row = []
-            for j, completion in enumerate(group):
-                spans = [span.scaled(c.weight) for c in weighted if c.name in span_outputs
-                         for span in span_outputs[c.name][i][j] or ()]
-                if scalar:
-                    outcome = sum(c.weight * v for c in scalar if (v := scores[c.name][i][j]) is not None)
-                    spans.append(Span.at_end(completion.text, float(outcome)))
-                row.append(tuple(spans))
-            out.append(row)
-        return out
+        spans = [[tuple(span.scaled(c.weight) for c in weighted if c.name in span_outputs
+                        for span in span_outputs[c.name][i][j] or ()) for j in range(len(group))]
+                 for i, group in enumerate(groups)]
+        outcomes = [[float(sum(c.weight * v for c in scalar if (v := scores[c.name][i][j]) is not None))
+                     for j in range(len(group))] for i, group in enumerate(groups)] if scalar else []
+        return RewardResult(total=total, components=scores, weights=self.weights, scorable=scorable,
+                            spans=spans, outcomes=outcomes)
 
 
 def _checked_spans(name: str, out: SpanScores, groups: Sequence[Sequence[Completion]]) -> SpanScores:

@@ -317,7 +317,8 @@ def bnpo_decomposed(
 
 
 def process_grpo_advantages(rewards: Tensor, steps: Tensor, eps: float = 1e-4, unbiased: bool = True,
-                            mask: Optional[Tensor] = None) -> Tensor:
+                            mask: Optional[Tensor] = None, outcomes: Optional[Tensor] = None,
+                            lengths: Optional[Tensor] = None) -> Tensor:
     """Process-supervised GRPO: step rewards normalised over the group, summed from each token on.
 
     Shao et al. (2024) "DeepSeekMath…" §4.1.3: with step rewards r_i^(j) at token positions
@@ -329,6 +330,14 @@ def process_grpo_advantages(rewards: Tensor, steps: Tensor, eps: float = 1e-4, u
     token this *is* GRPO's advantage on every token. A token after a completion's last step gets
     0 (no reward follows it). Unscorable completions (`mask` (P, G) False) are left out of R and
     get 0; a group with fewer than two kept steps gets 0.
+
+    `outcomes` (P, G), with `lengths` (P, G) the completions' tokens: a sequence-level reward on
+    each completion's last token, a second kind of step. Each kind is centred on its own group
+    mean and both are scaled by one std over all the centred values, so the weights between them
+    hold and neither's mean moves the other's: pooled into R, an outcome that is large and the same
+    for most completions (a format reward) raises mean(R), every other step then counts below the
+    mean, and each one more costs its completion advantage: a length penalty. The outcome's r̃
+    is on every token of its completion. Without steps this is GRPO on the outcomes.
     """
     if rewards.dim() != 3 or steps.shape != rewards.shape:
         raise ValueError(
@@ -338,13 +347,27 @@ def process_grpo_advantages(rewards: Tensor, steps: Tensor, eps: float = 1e-4, u
         )
     if not rewards.is_floating_point():
         raise ValueError(f"process_grpo: rewards must be a float tensor, got {rewards.dtype}; use rewards.float().")
-    kept = _kept(rewards.sum(-1), mask, "process_grpo")[..., None] * steps.to(rewards.dtype)  # (P, G, T)
+    if (outcomes is None) != (lengths is None) or (
+            outcomes is not None and not outcomes.shape == lengths.shape == rewards.shape[:2]):
+        raise ValueError("process_grpo: outcomes and lengths go together, each (P, G) (problems × completions)")
+    keep = _kept(rewards.sum(-1), mask, "process_grpo")  # (P, G)
+    kept = keep[..., None] * steps.to(rewards.dtype)  # (P, G, T)
     n = kept.sum(dim=(1, 2), keepdim=True)  # (P, 1, 1) steps per group
     mean = (rewards * kept).sum(dim=(1, 2), keepdim=True) / n.clamp(min=1)  # (P, 1, 1)
     centred = (rewards - mean) * kept  # (P, G, T)
-    var = (centred**2).sum(dim=(1, 2), keepdim=True) / (n - (1 if unbiased else 0)).clamp(min=1)  # (P, 1, 1)
-    normalised = centred / (var.sqrt() + eps) * (n >= 2)  # (P, G, T)  r̃ at each step, 0 elsewhere
-    return normalised.flip(-1).cumsum(-1).flip(-1)  # (P, G, T)  Σ over steps at positions ≥ t
+    squares = (centred**2).sum(dim=(1, 2), keepdim=True)  # (P, 1, 1)
+    if outcomes is not None:
+        outcomes = outcomes.to(rewards.dtype)
+        centred_outcome = ((outcomes - _group_mean(outcomes, keep)) * keep)[..., None]  # (P, G, 1)
+        n = n + keep.sum(dim=1)[:, None, None]
+        squares = squares + (centred_outcome**2).sum(dim=(1, 2), keepdim=True)
+    var = squares / (n - (1 if unbiased else 0)).clamp(min=1)  # (P, 1, 1)
+    scale = (n >= 2) / (var.sqrt() + eps)  # (P, 1, 1)
+    advantages = (centred * scale).flip(-1).cumsum(-1).flip(-1)  # (P, G, T)  Σ over steps at positions ≥ t
+    if outcomes is not None:
+        on_tokens = torch.arange(rewards.shape[-1]) < lengths[..., None]  # (P, G, T)
+        advantages = advantages + centred_outcome * scale * on_tokens
+    return advantages
 
 
 AdvantageEstimator = Callable[..., Tensor]
@@ -371,8 +394,9 @@ components (`decompose`)."""
 TOKEN_ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
     "process_grpo": process_grpo_advantages,
 }
-"""name → estimator(rewards (P, G, T), steps (P, G, T), mask=None) -> advantages (P, G, T): for
-rewards on tokens (span rewards: `Reward` → `RewardResult.spans` → `token_rewards`)."""
+"""name → estimator(rewards (P, G, T), steps (P, G, T), mask=None, outcomes=None, lengths=None) ->
+advantages (P, G, T): for rewards on tokens (span rewards: `Reward` → `RewardResult.spans` and
+`.outcomes` → `token_rewards.StepRewards`)."""
 
 MIN_GROUP_SIZE: dict[str, int] = {"rloo": 2, "grpo": 2}
 """name → the fewest completions per group the estimator needs (1 where absent): a

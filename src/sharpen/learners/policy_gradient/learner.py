@@ -211,8 +211,9 @@ class PolicyGradient:
         sample weighting; 0 for completions left out (`scorable_mask`)."""
         keep = scorable_mask(rollouts)  # (P, G)
         if self.token_level:
-            step_rewards, steps = step_reward_tensors(rollouts, self.policy.tokenizer)  # (P, G, T), (P, G, T)
-            return get_token_advantage_estimator(self.cfg.advantage)(step_rewards, steps, mask=keep)  # (P, G, T)
+            placed = step_reward_tensors(rollouts, self.policy.tokenizer)
+            return get_token_advantage_estimator(self.cfg.advantage)(
+                placed.rewards, placed.steps, mask=keep, outcomes=placed.outcomes, lengths=placed.lengths)  # (P, G, T)
         rewards = torch.tensor([r.rewards for r in rollouts], dtype=torch.float64)  # (P, G)
         names = self.decomposed_names()
         if names:
