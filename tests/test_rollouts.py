@@ -12,7 +12,7 @@ from sharpen.config import ConfigError, load_config
 from sharpen.learners.policy_gradient.losses import clipped_surrogate, truncated_importance_weights
 from sharpen.loop import RunConfig
 from sharpen.models.base import SamplingParams
-from sharpen.rollouts import InProcessProducer, PromptSeeded, weight_hash, with_prompt_seeds
+from sharpen.rollouts import InProcessProducer, PromptSeeded, RolloutsConfig, weight_hash, with_prompt_seeds
 from sharpen.rollouts_ray import shards
 from sharpen.seeds import derive_seed
 from sharpen.signals.reward import Reward
@@ -70,6 +70,18 @@ def test_shards_are_contiguous_and_even():
     assert shards(4, 2) == [(0, 2), (2, 4)]
     assert shards(1, 3) == [(0, 1)]  # no empty shard
     assert shards(0, 2) == []
+
+
+def test_the_learner_keeps_the_cores_asynchronous_local_workers_do_not_reserve():
+    ray_async = RolloutsConfig(executor="ray", workers=2, max_staleness=1)
+    assert ray_async.learner_threads(2, None) == 1  # 2 cores, 2 one-CPU workers: still one thread
+    assert ray_async.learner_threads(8, None) == 6
+    assert RolloutsConfig(executor="ray", workers=3, max_staleness=1,
+                          resources_per_worker={"CPU": 0.5}).learner_threads(8, None) == 6  # ceil(1.5) reserved
+    assert ray_async.learner_threads(8, "auto") is None  # a cluster's workers are elsewhere: torch's choice
+    assert ray_async.model_copy(update={"address": "ray://head:10001"}).learner_threads(8, None) is None
+    assert RolloutsConfig(executor="ray", workers=2).learner_threads(8, None) is None  # synchronous: the workers wait
+    assert RolloutsConfig().learner_threads(8, None) is None  # in process
 
 
 def test_rollouts_section_errors_name_the_key(tmp_path):

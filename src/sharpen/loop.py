@@ -15,6 +15,7 @@ the optimizer, so a run killed at any moment and resumed reproduces the uninterr
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import re
@@ -192,7 +193,8 @@ class RunConfig(ConfigModel):
     )
     checkpoint_every: int = Field(10, ge=1, description="Save a resumable checkpoint every this many steps.")
     log_completions: int = Field(2, ge=0, description="Groups per step whose completions go to the run store.")
-    threads: Optional[int] = Field(None, description="torch CPU threads (default: torch's choice).")
+    threads: Optional[int] = Field(None, description="torch CPU threads (default: torch's choice; beside asynchronous "
+                                                     "Ray workers of a local cluster, the cores they do not reserve).")
     device: Optional[str] = Field(None, description="'cpu', 'cuda', … (default: CUDA if present).")
     run_dir: Optional[str] = Field(None, description="Where the run is written (default: runs/<config name>).")
     keep_checkpoints: int = Field(KEEP_CHECKPOINTS, ge=1, description="Newest checkpoints kept on disk.")
@@ -296,8 +298,9 @@ class Trainer:
     """Holds one run's parts; `run()` drives it to the end (or resumes it)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        threads = cfg.threads or cfg.rollouts.learner_threads(os.cpu_count() or 1, os.environ.get("RAY_ADDRESS"))
+        if threads:
+            torch.set_num_threads(threads)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.task: Task = get_task(cfg.task.name, **cfg.task.options)
         self.policy = use_prompts(load_policy(cfg.model, device=cfg.device, seed=cfg.seed, progress=progress),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequence
@@ -53,6 +54,18 @@ class RolloutsConfig(ConfigModel):
     address: Optional[str] = Field(
         None, description="ray: address of a cluster to join (default: $RAY_ADDRESS, else a local cluster is started)."
     )
+
+    def learner_threads(self, cpus: int, ray_address: Optional[str]) -> Optional[int]:
+        """The training process's torch threads when the run does not set `threads`: None (torch's
+        choice) unless Ray workers of a local cluster (no `address`, no `ray_address` from
+        $RAY_ADDRESS) sample while the learner trains (`max_staleness` ≥ 1) on this machine's
+        `cpus` cores: then the cores they do not reserve, at least 1. Torch's default (every
+        core) beside them oversubscribes the cores and starves the workers (2 cores, 2 workers:
+        their sampling took 4× as long, benchmarks/README.md). Synchronous workers sample while
+        the learner waits, so it keeps every core."""
+        if self.executor != "ray" or not self.max_staleness or self.address or ray_address:
+            return None
+        return max(1, cpus - math.ceil(self.workers * self.resources_per_worker.get("CPU", 1.0)))
 
     def config_problems(self) -> Iterator[tuple[Location, str]]:
         yield from super().config_problems()
