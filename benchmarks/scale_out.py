@@ -1,9 +1,9 @@
 """Scale-out: the quickstart config in process, on Ray synchronous, and on Ray asynchronous.
 
-    python benchmarks/scale_out.py --json scale_out.json          # the full run (3 × the quickstart)
+    python benchmarks/scale_out.py --json scale_out.json          # the full run (4 × the quickstart)
     python benchmarks/scale_out.py --steps 20 --every 5           # a smoke run
 
-One process, three runs of the quickstart's `RunConfig` (GRPO on 2-digit addition, the embedded
+One process, four runs of the quickstart's `RunConfig` (GRPO on 2-digit addition, the embedded
 default model, its default 150 steps), each evaluated every `--every` steps on the same held-out
 problems:
 
@@ -12,6 +12,9 @@ problems:
                          W Ray actors with step t's weights (max_staleness 0)
   3. ray_async           the same with max_staleness 1: the workers sample step t+1 while the
                          learner trains on step t
+  4. ray_async_tis       the same with the decoupled clip, `learner.tis_cap` 2.0 (clip to the
+                         weights before the update, weight by min(π_prox/μ, 2)), as
+                         examples/grpo_ray_async.yaml ships it
 
 For each: training steps per second (steps / Σ train_step_seconds, the loop's step wall time
 without its held-out evaluation), the target = pass@1 + 0.8 × (pass@8 − pass@1) of the base model
@@ -34,6 +37,9 @@ from sharpen.loop import EvalConfig, RunConfig, run_config
 from sharpen.rollouts import RolloutsConfig
 from sharpen.runs import RunStore
 
+RAY_RUNS = ("ray_sync", "ray_async", "ray_async_tis")
+TIS_CAP = 2.0
+"""The decoupled clip's importance-weight cap of ray_async_tis (examples/grpo_ray_async.yaml's)."""
 TARGET_FRACTION = 0.8
 """Share of the base model's pass@1 → pass@8 gap that the target closes (as bench_vs_trl.py)."""
 
@@ -45,10 +51,12 @@ def configs(steps: Optional[int], every: int, problems: int, workers: int,
     if steps is not None:
         base = base.model_copy(update={"steps": steps})
     ray = {"executor": "ray", "workers": workers}
+    ray_async = base.model_copy(update={"rollouts": RolloutsConfig(**ray, max_staleness=1)})
     return {
         "in_process": base,
         "ray_sync": base.model_copy(update={"rollouts": RolloutsConfig(**ray)}),
-        "ray_async": base.model_copy(update={"rollouts": RolloutsConfig(**ray, max_staleness=1)}),
+        "ray_async": ray_async,
+        "ray_async_tis": ray_async.model_copy(update={"learner": ray_async.learner.model_copy(update={"tis_cap": TIS_CAP})}),
     }
 
 
@@ -108,17 +116,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
         results[name] = {**figures(out / name, target), "wall_seconds": wall}
         print(name, json.dumps(results[name]), flush=True)
     base = results["in_process"]
-    for name in ("ray_sync", "ray_async"):
+    for name in RAY_RUNS:
         r = results[name]
         r["steps_per_second_ratio"] = r["steps_per_second"] / base["steps_per_second"]
         if r.get("seconds_to_target") and base.get("seconds_to_target"):
             r["seconds_to_target_ratio"] = r["seconds_to_target"] / base["seconds_to_target"]
     print(f"\ntarget pass@1 {target:.3f} (base {base['base_pass@1']:.3f} → pass@8 {base['base_pass@8']:.3f})")
-    print(f"{'run':<11} {'steps/s':>8} {'× in-proc':>9} {'step→tgt':>8} {'s→tgt':>7} {'final p@1':>9} {'wall s':>7}")
-    for name in ("in_process", "ray_sync", "ray_async"):
+    print(f"{'run':<13} {'steps/s':>8} {'× in-proc':>9} {'step→tgt':>8} {'s→tgt':>7} {'final p@1':>9} {'wall s':>7}")
+    for name in ("in_process", *RAY_RUNS):
         r = results[name]
         tgt_s = f"{r['seconds_to_target']:.1f}" if r.get("seconds_to_target") else "—"
-        print(f"{name:<11} {r['steps_per_second']:>8.2f} {r.get('steps_per_second_ratio', 1.0):>9.2f} "
+        print(f"{name:<13} {r['steps_per_second']:>8.2f} {r.get('steps_per_second_ratio', 1.0):>9.2f} "
               f"{r.get('step_to_target') or '—':>8} {tgt_s:>7} {r['final_pass@1']:>9.3f} {r['wall_seconds']:>7.0f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
