@@ -93,7 +93,7 @@ def test_spans_onto_the_embedded_character_tokenizer(tiny_policy):
     rewards, steps = span_token_rewards(tok, ids, [
         Span(0, 4, 1.0),  # "Kavo" → the token of "o"
         Span(5, 7, 0.5), Span(6, 7, 0.25),  # two spans ending on "s": one step, their sum
-        Span.at_end(text, 2.0),  # an outcome reward: the end-of-sequence token
+        Span(len(text), len(text) + 1, 2.0),  # just past the text: the end-of-sequence token
         Span(10, 99, -1.0),  # a span past the end: the last token too
     ])
     assert [i for i, s in enumerate(steps) if s] == [3, 6, len(text)]
@@ -110,7 +110,7 @@ def test_spans_onto_a_byte_level_bpe_tokenizer(tiny_chat_policy):
     rewards, steps = span_token_rewards(tok, ids, [
         Span(5, 12, 1.0),  # ends mid-token, on the "i" of " in"
         Span(11, 13, 0.5),  # ends on its "n": the same token
-        Span.at_end(text, -2.0), Span(0, 500, 1.0),  # past the end: the last token (end of sequence)
+        Span(len(text), len(text) + 1, -2.0), Span(0, 500, 1.0),  # past the end: the last token (end of sequence)
     ])
     assert [i for i, s in enumerate(steps) if s] == [k_in, len(ids) - 1]
     assert rewards[k_in] == 1.5 and rewards[-1] == -1.0
@@ -130,7 +130,7 @@ def test_step_reward_tensors_place_each_rollouts_spans(tiny_policy):
     tok = tiny_policy.tokenizer
     enc = lambda s: tuple(tok(s, add_special_tokens=False)["input_ids"]) + (tok.eos_token_id,)  # noqa: E731
     a, b = completion("ab", enc("ab")), completion("abcd", enc("abcd"))
-    r = Rollout(Problem("p", "q"), [1], [a, b], [0.0, 0.0], spans=[(Span(0, 1, 1.0),), (Span.at_end("abcd", 3.0),)],
+    r = Rollout(Problem("p", "q"), [1], [a, b], [0.0, 0.0], spans=[(Span(0, 1, 1.0),), (Span(4, 5, 3.0),)],
                 outcomes=[0.5, -1.0])
     placed = step_reward_tensors([r], tok)
     assert placed.rewards.shape == placed.steps.shape == (1, 2, 5)

@@ -43,7 +43,7 @@ UNIT_RANGE: ScoreRange = (0.0, 1.0)
 class Span:
     """A reward on the characters [start, end) of a completion's text; a token-level learner
     puts `value` on the token that covers character end − 1 (the last token when that is past
-    the text: `at_end`)."""
+    the text)."""
 
     start: int
     end: int
@@ -54,12 +54,6 @@ class Span:
             raise ValueError(f"a span needs 0 <= start < end, got [{self.start}, {self.end})")
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
             raise ValueError(f"span [{self.start}, {self.end}) has value {self.value!r}; use a finite float")
-
-    @classmethod
-    def at_end(cls, text: str, value: float) -> "Span":
-        """A reward on the end of the completion (its last token: end-of-sequence or stop), where
-        a scalar (outcome) reward sits: the character just past the text."""
-        return cls(len(text), len(text) + 1, value)
 
     def scaled(self, weight: float) -> "Span":
         return Span(self.start, self.end, weight * self.value)
