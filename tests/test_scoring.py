@@ -179,6 +179,25 @@ def test_micro_batches_bound_positions_and_keep_units_and_groups_together():
     assert all(len({tuple(prompts[i]) for i in p}) <= 2 for p in rows)
 
 
+def test_micro_batches_are_filled_greedily_in_group_order():
+    """Each micro-batch takes units until the next would exceed the budget (`forward_positions`
+    of the rows so far, counted row by row), whatever mix of shared and full passes that gives."""
+    rng = torch.Generator().manual_seed(0)
+    prompts = [[int(t) for t in torch.randint(1, 50, (int(n),), generator=rng)] for n in torch.randint(1, 12, (6,), generator=rng)]
+    rows = [prompts[int(i)] for i in torch.randint(0, 6, (40,), generator=rng)]
+    completions = [[7] * int(n) for n in torch.randint(0, 9, (40,), generator=rng)]
+    for share in (True, False):
+        for budget in (1, 20, 50, 120, 400, HUGE):
+            parts = scoring.micro_batches(rows, completions, budget, share=share)
+            order = [i for part in parts for i in part]
+            assert sorted(order) == list(range(40))
+            for part, after in zip(parts, parts[1:]):
+                cost = scoring.forward_positions([rows[i] for i in part], [completions[i] for i in part], share)
+                assert cost <= budget or len(part) == 1
+                grown = part + after[:1]
+                assert scoring.forward_positions([rows[i] for i in grown], [completions[i] for i in grown], share) > budget
+
+
 def test_micro_batched_scoring_without_gradient_equals_one_pass(policy):
     rows = sampled_rows(policy, n=4)
     prompts, completions = [r[0] for r in rows], [r[1] for r in rows]

@@ -269,7 +269,6 @@ def behaviour_logprobs(completions: Sequence[Completion], T: int) -> torch.Tenso
     the temperature-1 `logprobs` are not the behaviour policy once sampling used another
     temperature or top-p, and using them makes π/μ wrong.
     """
-    old = torch.zeros((len(completions), T))  # (B, T)
     for i, c in enumerate(completions):
         if len(c.sampling_logprobs) != len(c.token_ids):
             raise ValueError(
@@ -277,8 +276,8 @@ def behaviour_logprobs(completions: Sequence[Completion], T: int) -> torch.Tenso
                 f"{len(c.token_ids)} tokens; a policy-gradient learner needs the behaviour policy's log-probs of "
                 "every sampled token (HFPolicy.generate records them)."
             )
-        old[i, : len(c.sampling_logprobs)] = torch.tensor(c.sampling_logprobs)
-    return old
+    rows = [list(c.sampling_logprobs[:T]) + [0.0] * (T - len(c.sampling_logprobs[:T])) for c in completions]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(completions), T)  # (B, T)
 
 
 def adamw(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

@@ -8,6 +8,7 @@ For B rows (prompt x_b, completion y_b) the scores are (B, T) tensors, T the lon
                log π(y_t) = (z[y_t] − logsumexp z) at the scoring temperature
     backward   each chunk's logits are recomputed from its hidden states
                (torch.utils.checkpoint), so a backward pass keeps (N, H), never (N, V)
+               (not when V ≤ H, where the logits take no more than the hidden states)
     extras     entropy and self-certainty from the same chunk's logits, without gradient
 
 Two passes compute the hidden states:
@@ -137,14 +138,15 @@ def _chunk_scores(head, hidden: Tensor, targets: Tensor, temperature: float, ext
 def head_scores(head, hidden: Tensor, targets: Tensor, vocab_size: int, temperature: float = 1.0,
                 extras: bool = False) -> tuple[Tensor, ...]:
     """`_chunk_scores` of N positions, hidden (N, H) and targets (N,), chunk by chunk; with a
-    gradient each chunk is checkpointed, so backward keeps the hidden states and recomputes
-    the chunk's logits. Returns (N,) tensors: log-probs, and with `extras` entropy and certainty."""
+    gradient and a vocabulary wider than H, each chunk is checkpointed, so backward keeps the
+    hidden states and recomputes the chunk's logits. Returns (N,) tensors: log-probs, and with `extras` entropy and certainty."""
     n = max(1, HEAD_CHUNK_LOGITS // vocab_size)
-    differentiable = torch.is_grad_enabled() and hidden.requires_grad
+    # recomputing saves memory only where a chunk's logits outsize its hidden states (V > H)
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and vocab_size > hidden.shape[-1]
     parts = []
     for lo in range(0, hidden.shape[0], n):
         args = (head, hidden[lo : lo + n], targets[lo : lo + n], temperature, extras)
-        parts.append(checkpoint(_chunk_scores, *args, use_reentrant=False) if differentiable else _chunk_scores(*args))
+        parts.append(checkpoint(_chunk_scores, *args, use_reentrant=False) if recompute else _chunk_scores(*args))
     if not parts:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return (empty,) * (3 if extras else 1)
@@ -165,17 +167,49 @@ def recomputes_layers(model) -> bool:
         getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
+class PositionCount:
+    """The positions the passes compute for a growing set of rows (`forward_positions`), kept
+    up to date row by row, so that packing B rows into micro-batches costs O(B), not O(B²)."""
+
+    def __init__(self, share: bool = True) -> None:
+        self.share = share
+        self.rows = 0
+        self.distinct: set[tuple] = set()
+        self.longest_prompt = 0  # of the distinct prompts
+        self.longest_completion = 0
+        self.longest_row = 0  # prompt + completion
+
+    def add(self, prompt: Sequence[int], completion: Sequence[int]) -> None:
+        self.rows += 1
+        self.distinct.add(tuple(prompt))
+        self.longest_prompt = max(self.longest_prompt, len(prompt))
+        self.longest_completion = max(self.longest_completion, len(completion))
+        self.longest_row = max(self.longest_row, len(prompt) + len(completion))
+
+    def copy(self) -> "PositionCount":
+        other = PositionCount(self.share)
+        other.rows, other.distinct = self.rows, set(self.distinct)
+        other.longest_prompt, other.longest_completion, other.longest_row = (
+            self.longest_prompt, self.longest_completion, self.longest_row)
+        return other
+
+    @property
+    def positions(self) -> int:
+        if not self.rows:
+            return 0
+        if self.share and 2 * len(self.distinct) <= self.rows:  # `shares_prompts`
+            return len(self.distinct) * self.longest_prompt + self.rows * max(self.longest_completion - 1, 0)
+        return self.rows * self.longest_row
+
+
 def forward_positions(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
                       share: bool = True) -> int:
     """Positions the passes compute for these rows (padding included): U·L + B·(T − 1) by the
     shared-prompt pass (when `share` and `shares_prompts`), else B·max(|x| + |y|)."""
-    if not prompt_ids:
-        return 0
-    T = max(len(c) for c in completion_ids)
-    if share and shares_prompts(prompt_ids):
-        distinct = {tuple(p) for p in prompt_ids}
-        return len(distinct) * max(len(p) for p in distinct) + len(prompt_ids) * max(T - 1, 0)
-    return len(prompt_ids) * max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
+    count = PositionCount(share)
+    for p, c in zip(prompt_ids, completion_ids):
+        count.add(p, c)
+    return count.positions
 
 
 def _cache_name(decoder) -> str:
@@ -246,15 +280,13 @@ def _shared_prompt_hidden(decoder, prompt_ids, completion_ids, pad_id: int) -> T
 # ---- scores ----------------------------------------------------------------------------------------
 
 
-def _padded(completion_ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-    """(B, T) right-padded target ids and their 0/1 mask."""
-    B, T = len(completion_ids), max((len(c) for c in completion_ids), default=0)
-    targets = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T))
-    for row, c in enumerate(completion_ids):
-        targets[row, : len(c)] = torch.tensor(list(c), dtype=torch.long)
-        mask[row, : len(c)] = 1
-    return targets, mask
+def padded_rows(rows: Sequence[Sequence], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(B, T) right-padded values of B rows (0 on padding) and their 0/1 mask, T the longest row;
+    built with one tensor call, not one per row."""
+    T = max((len(r) for r in rows), default=0)
+    values = torch.tensor([list(r) + [0] * (T - len(r)) for r in rows], dtype=dtype).reshape(len(rows), T)
+    mask = torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in rows]).reshape(len(rows), T)
+    return values, mask
 
 
 def score_rows(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], *,
@@ -265,7 +297,7 @@ def score_rows(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Seque
     given (bf16 on CUDA, with fp32 weights); the head and the log-probs do not (`output_head`)."""
     weight = model.get_output_embeddings().weight  # (V, H)
     device = weight.device
-    targets, mask = _padded(completion_ids)
+    targets, mask = padded_rows(completion_ids, torch.long)
     targets, mask = targets.to(device), mask.to(device)
     B, T = targets.shape
     head = output_head(model)
@@ -291,13 +323,18 @@ def micro_batches(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[
     order = sorted(units, key=lambda u: first_seen[tuple(prompt_ids[u[0]])])
     out: list[list[int]] = []
     current: list[int] = []
+    count = PositionCount(share)
     for unit in order:
-        trial = current + unit
-        cost = forward_positions([prompt_ids[i] for i in trial], [completion_ids[i] for i in trial], share)
-        if current and cost > max_tokens:
+        trial = count.copy()
+        for i in unit:
+            trial.add(prompt_ids[i], completion_ids[i])
+        if current and trial.positions > max_tokens:
             out.append(current)
-            trial = list(unit)
-        current = trial
+            current, trial = [], PositionCount(share)
+            for i in unit:
+                trial.add(prompt_ids[i], completion_ids[i])
+        current.extend(unit)
+        count = trial
     if current:
         out.append(current)
     return out

@@ -39,6 +39,7 @@ from sharpen.learners.policy_gradient.losses import (
     clipped_surrogate, get_loss_aggregation, truncated_importance_weights,
 )
 from sharpen.learners.training import TrainingConfig
+from sharpen.models.scoring import padded_rows
 from sharpen.rollouts import Rollout
 from sharpen.signals.base import ScoreRange
 from sharpen.tasks.base import Problem
@@ -291,10 +292,7 @@ class PolicyGradient:
         minibatch's denominators (`batch_mask`), so the step is the one of a single pass."""
         completions, prompt_ids, completion_ids = self.kept(rollouts, keep)
         adv, r = advantages[keep], rewards[keep]  # (B,) each
-        T = max((len(c) for c in completion_ids), default=0)
-        batch_mask = torch.zeros((len(completions), T))  # (B, T) the minibatch's tokens: the loss's denominators
-        for row, c in enumerate(completion_ids):
-            batch_mask[row, : len(c)] = 1
+        _, batch_mask = padded_rows(completion_ids, torch.long)  # (B, T) the minibatch's tokens: the loss's denominators
 
         def micro_losses():
             for rows in self.policy.micro_batches(prompt_ids, completion_ids):
