@@ -276,7 +276,7 @@ def behaviour_logprobs(completions: Sequence[Completion], T: int) -> torch.Tenso
                 f"{len(c.token_ids)} tokens; a policy-gradient learner needs the behaviour policy's log-probs of "
                 "every sampled token (HFPolicy.generate records them)."
             )
-    rows = [list(c.sampling_logprobs[:T]) + [0.0] * (T - len(c.sampling_logprobs[:T])) for c in completions]
+    rows = [list(c.sampling_logprobs) + [0.0] * (T - len(c.sampling_logprobs)) for c in completions]
     return torch.tensor(rows, dtype=torch.float32).reshape(len(completions), T)  # (B, T)
 
 

@@ -139,7 +139,8 @@ def head_scores(head, hidden: Tensor, targets: Tensor, vocab_size: int, temperat
                 extras: bool = False) -> tuple[Tensor, ...]:
     """`_chunk_scores` of N positions, hidden (N, H) and targets (N,), chunk by chunk; with a
     gradient and a vocabulary wider than H, each chunk is checkpointed, so backward keeps the
-    hidden states and recomputes the chunk's logits. Returns (N,) tensors: log-probs, and with `extras` entropy and certainty."""
+    hidden states and recomputes the chunk's logits. Returns (N,) tensors: log-probs, and with
+    `extras` entropy and certainty."""
     n = max(1, HEAD_CHUNK_LOGITS // vocab_size)
     # recomputing saves memory only where a chunk's logits outsize its hidden states (V > H)
     recompute = torch.is_grad_enabled() and hidden.requires_grad and vocab_size > hidden.shape[-1]
