@@ -1,8 +1,9 @@
 """Shared fixtures: a tiny embedded-format model built in seconds (mechanics only; claims
-of improvement use the real default model in tests marked slow)."""
+of improvement use the real default model in tests marked slow), and a run to kill mid-way."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,36 @@ def tiny_chat_policy(tiny_chat_dir):
     from sharpen.models.hf import HFPolicy
 
     return HFPolicy.load(tiny_chat_dir, device="cpu", seed=0)
+
+
+HELD_RUN = """\
+import sys, time
+from sharpen.runs.store import RunStore
+
+write_step = RunStore.step
+
+
+def held(self, step):
+    if step > {stored}:  # this step's work (and its checkpoint, if due) is done, its rows not yet written
+        time.sleep(120)  # until the test kills the process
+    return write_step(self, step)
+
+
+RunStore.step = held
+from sharpen.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture()
+def held_run_command():
+    """argv of `sharpen run ARGS…` in a child process that stores steps up to `stored`, then
+    computes the next one and holds before storing it, until it is killed: a kill -9 in the
+    middle of a run that no machine is fast enough to finish first (the plain CLI, polled,
+    once finished a 6-step run between two polls)."""
+
+    def command(stored: int, *args: str) -> list[str]:
+        return [sys.executable, "-c", HELD_RUN.format(stored=stored), "run", *args]
+
+    return command

@@ -117,21 +117,23 @@ LEARNER_SECTIONS = {
 
 
 @pytest.mark.parametrize("learner", LEARNER_SECTIONS)
-def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, learner):
+def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, learner,
+                                                                 held_run_command):
     cfg = write_config(tmp_path, tiny_model_dir, extra="log_completions: 1\n" + LEARNER_SECTIONS[learner])
     straight = run(cfg, [f"run_dir={tmp_path / 'straight'}"], progress=False)
 
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "sharpen.cli", "run", str(cfg), f"run_dir={run_dir}"]
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(held_run_command(3, str(cfg), f"run_dir={run_dir}"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline:  # kill it after step 3 is stored, mid-way through the run
+    while time.time() < deadline:  # kill it once step 3 is stored: step 4 (a checkpoint step) is under way
         if (run_dir / "run.sqlite").exists() and (RunStore(run_dir).last_step() or 0) >= 3:
             break
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert (RunStore(run_dir).last_step() or 0) < 6, "the child finished before it could be killed"
+    assert RunStore(run_dir).last_step() == 3
 
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
