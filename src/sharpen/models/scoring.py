@@ -157,9 +157,14 @@ def head_scores(head, hidden: Tensor, targets: Tensor, vocab_size: int, temperat
 # ---- the hidden states ---------------------------------------------------------------------------
 
 
-def shares_prompts(prompt_ids: Sequence[Sequence[int]]) -> bool:
+def sharing_pays(distinct: int, rows: int) -> bool:
     """Whether the shared-prompt pass pays: at least two rows per distinct prompt on average."""
-    return 2 * len({tuple(p) for p in prompt_ids}) <= len(prompt_ids)
+    return 2 * distinct <= rows
+
+
+def shares_prompts(prompt_ids: Sequence[Sequence[int]]) -> bool:
+    """`sharing_pays` for these rows' prompts."""
+    return sharing_pays(len({tuple(p) for p in prompt_ids}), len(prompt_ids))
 
 
 def recomputes_layers(model) -> bool:
@@ -180,25 +185,29 @@ class PositionCount:
         self.longest_completion = 0
         self.longest_row = 0  # prompt + completion
 
-    def add(self, prompt: Sequence[int], completion: Sequence[int]) -> None:
+    def _add(self, prompt: Sequence[int], completion: Sequence[int]) -> None:
         self.rows += 1
         self.distinct.add(tuple(prompt))
         self.longest_prompt = max(self.longest_prompt, len(prompt))
         self.longest_completion = max(self.longest_completion, len(completion))
         self.longest_row = max(self.longest_row, len(prompt) + len(completion))
 
-    def copy(self) -> "PositionCount":
+    def with_rows(self, prompt_ids: Sequence[Sequence[int]],
+                  completion_ids: Sequence[Sequence[int]]) -> "PositionCount":
+        """A new count: these rows added to this one's (which is left as it is)."""
         other = PositionCount(self.share)
         other.rows, other.distinct = self.rows, set(self.distinct)
         other.longest_prompt, other.longest_completion, other.longest_row = (
             self.longest_prompt, self.longest_completion, self.longest_row)
+        for p, c in zip(prompt_ids, completion_ids):
+            other._add(p, c)
         return other
 
     @property
     def positions(self) -> int:
         if not self.rows:
             return 0
-        if self.share and 2 * len(self.distinct) <= self.rows:  # `shares_prompts`
+        if self.share and sharing_pays(len(self.distinct), self.rows):
             return len(self.distinct) * self.longest_prompt + self.rows * max(self.longest_completion - 1, 0)
         return self.rows * self.longest_row
 
@@ -207,10 +216,7 @@ def forward_positions(prompt_ids: Sequence[Sequence[int]], completion_ids: Seque
                       share: bool = True) -> int:
     """Positions the passes compute for these rows (padding included): U·L + B·(T − 1) by the
     shared-prompt pass (when `share` and `shares_prompts`), else B·max(|x| + |y|)."""
-    count = PositionCount(share)
-    for p, c in zip(prompt_ids, completion_ids):
-        count.add(p, c)
-    return count.positions
+    return PositionCount(share).with_rows(prompt_ids, completion_ids).positions
 
 
 def _cache_name(decoder) -> str:
@@ -326,14 +332,11 @@ def micro_batches(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[
     current: list[int] = []
     count = PositionCount(share)
     for unit in order:
-        trial = count.copy()
-        for i in unit:
-            trial.add(prompt_ids[i], completion_ids[i])
+        rows = ([prompt_ids[i] for i in unit], [completion_ids[i] for i in unit])
+        trial = count.with_rows(*rows)
         if current and trial.positions > max_tokens:
             out.append(current)
-            current, trial = [], PositionCount(share)
-            for i in unit:
-                trial.add(prompt_ids[i], completion_ids[i])
+            current, trial = [], PositionCount(share).with_rows(*rows)
         current.extend(unit)
         count = trial
     if current:
